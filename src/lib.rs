@@ -1,1 +1,9 @@
+//! Bunker: passive replication of an opaque, non-deterministic,
+//! file-backed application over a Raft log.
+//!
+//! - [`raft`]: the sans-IO consensus core.
+//! - [`sim`]: the deterministic simulator that drives the real core through
+//!   crashes, torn writes, partitions and selective packet loss.
+
 pub mod raft;
+pub mod sim;

@@ -1,0 +1,304 @@
+//! One simulated run: a safety phase under random faults, a liveness phase
+//! that heals a random connected core of three or more live servers and
+//! requires progress within a bound, and a convergence phase that heals
+//! everything and checks that every acknowledged proposal reached every
+//! surviving server.
+
+use crate::raft::Options;
+use crate::sim::checker::Violation;
+use crate::sim::cluster::{Sim, Stats, Status, Timing};
+use crate::sim::nemesis::{FaultConfig, Nemesis};
+use crate::sim::network::Link;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use ringlog::NodeId;
+
+const TIMER_NEMESIS: u64 = 1;
+const TIMER_CLIENT: u64 = 2;
+const TIMER_READ: u64 = 3;
+const TIMER_FLAP: u64 = 4;
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub nodes: usize,
+    /// Simulated duration of the safety phase.
+    pub safety_us: u64,
+    /// Bound on the liveness phase: a proposal made after the heal must be
+    /// acknowledged within this long.
+    pub liveness_us_max: u64,
+    /// Bound on the convergence phase.
+    pub convergence_us_max: u64,
+    pub faults: FaultConfig,
+    /// Mean time between client proposals.
+    pub client_us_mean: u64,
+    /// Mean time between client reads.
+    pub read_us_mean: u64,
+    pub opts: Options,
+    pub timing: Timing,
+    /// Keep the nemesis log in the report (for replaying one seed).
+    pub trace: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> RunConfig {
+        RunConfig {
+            nodes: 5,
+            safety_us: 10_000_000,
+            liveness_us_max: 10_000_000,
+            convergence_us_max: 20_000_000,
+            faults: FaultConfig::level("medium").expect("level"),
+            client_us_mean: 5_000,
+            read_us_mean: 20_000,
+            opts: Options::default(),
+            timing: Timing::default(),
+            trace: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub seed: u64,
+    pub violations: Vec<Violation>,
+    pub stats: Stats,
+    /// Simulated time from the heal to the first acknowledged proposal made
+    /// after it, if the liveness phase succeeded.
+    pub recovery_us: Option<u64>,
+    pub core: Vec<NodeId>,
+    pub sim_us: u64,
+    pub trace: Vec<String>,
+}
+
+impl RunReport {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Runs one seed; a panic inside the core or the simulator is reported as a
+/// violation of that seed.
+pub fn run_seed(seed: u64, cfg: &RunConfig) -> RunReport {
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_seed_inner(seed, cfg)));
+    match result {
+        Ok(report) => report,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            RunReport {
+                seed,
+                violations: vec![Violation {
+                    at_us: 0,
+                    what: format!("panic: {what}"),
+                }],
+                stats: Stats::default(),
+                recovery_us: None,
+                core: Vec::new(),
+                sim_us: 0,
+                trace: Vec::new(),
+            }
+        }
+    }
+}
+
+fn exp_delay(sim: &mut Sim, mean_us: u64) -> u64 {
+    let u: f64 = sim.rng.gen_range(f64::EPSILON..1.0);
+    ((-u.ln()) * mean_us as f64).min(1e15) as u64 + 1
+}
+
+struct Driver {
+    sim: Sim,
+    nemesis: Nemesis,
+    cfg: RunConfig,
+    nemesis_on: bool,
+    clients_on: bool,
+    /// Clients send to these servers (all in the safety phase).
+    client_targets: Vec<NodeId>,
+    flap_armed: bool,
+}
+
+impl Driver {
+    fn handle_timers(&mut self) {
+        for timer in self.sim.take_fired() {
+            match timer {
+                TIMER_NEMESIS if self.nemesis_on => {
+                    self.nemesis.act(&mut self.sim);
+                    if !self.nemesis.flaps.is_empty() && !self.flap_armed {
+                        self.flap_armed = true;
+                        self.sim.set_timer(1, TIMER_FLAP);
+                    }
+                    let delay = exp_delay(&mut self.sim, self.cfg.faults.interval_us_mean);
+                    self.sim.set_timer(delay, TIMER_NEMESIS);
+                }
+                TIMER_FLAP => {
+                    self.flap_armed = false;
+                    if self.nemesis_on {
+                        if let Some(delay) = self.nemesis.flap(&mut self.sim) {
+                            self.flap_armed = true;
+                            self.sim.set_timer(delay, TIMER_FLAP);
+                        }
+                    }
+                }
+                TIMER_CLIENT if self.clients_on => {
+                    if let Some(&via) = self.client_targets.choose(&mut self.sim.rng) {
+                        self.sim.propose(via);
+                    }
+                    let delay = exp_delay(&mut self.sim, self.cfg.client_us_mean);
+                    self.sim.set_timer(delay, TIMER_CLIENT);
+                }
+                TIMER_READ if self.clients_on => {
+                    if let Some(&via) = self.client_targets.choose(&mut self.sim.rng) {
+                        self.sim.read(via);
+                    }
+                    let delay = exp_delay(&mut self.sim, self.cfg.read_us_mean);
+                    self.sim.set_timer(delay, TIMER_READ);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs until `deadline_us` or `done`; returns whether `done` held.
+    fn run(&mut self, deadline_us: u64, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        let mut acked = self.sim.acked().len();
+        while self.sim.now_us < deadline_us {
+            if done(&self.sim) {
+                return true;
+            }
+            if !self.sim.step() {
+                break;
+            }
+            self.handle_timers();
+            if self.sim.acked().len() > acked {
+                acked = self.sim.acked().len();
+                if let Some(count) = self.nemesis.destroy_on_ack.take() {
+                    self.nemesis.destroy_now(&mut self.sim, count);
+                }
+            }
+        }
+        done(&self.sim)
+    }
+}
+
+fn run_seed_inner(seed: u64, cfg: &RunConfig) -> RunReport {
+    let mut sim = Sim::new(seed, cfg.nodes, cfg.opts.clone(), cfg.timing.clone());
+    let client_targets = sim.ids();
+    sim.set_timer(1, TIMER_NEMESIS);
+    sim.set_timer(1, TIMER_CLIENT);
+    sim.set_timer(1, TIMER_READ);
+    let mut d = Driver {
+        sim,
+        nemesis: Nemesis::new(cfg.faults.clone()),
+        cfg: cfg.clone(),
+        nemesis_on: true,
+        clients_on: true,
+        client_targets,
+        flap_armed: false,
+    };
+
+    // Safety phase: random faults.
+    d.run(cfg.safety_us, |_| false);
+
+    // Liveness phase: heal a random connected core of 3+ live servers.
+    d.nemesis_on = false;
+    d.nemesis.destroy_on_ack = None;
+    let core = pick_core(&mut d.sim);
+    for &n in &core {
+        match d.sim.status(n) {
+            Status::Crashed => d.sim.restart(n),
+            Status::Paused => d.sim.resume(n),
+            _ => {}
+        }
+        for &m in &core {
+            if n != m {
+                *d.sim.net.link_mut(n, m) = Link::healthy();
+            }
+        }
+    }
+    d.nemesis.log.push(format!(
+        "{:>10}us liveness phase: core {core:?}",
+        d.sim.now_us
+    ));
+    d.client_targets = core.clone();
+    let heal_us = d.sim.now_us;
+    let deadline = heal_us + cfg.liveness_us_max;
+    let live = d.run(deadline, |sim| {
+        sim.acked().iter().any(|a| a.created_us >= heal_us)
+    });
+    let recovery_us = if live {
+        d.sim
+            .acked()
+            .iter()
+            .filter(|a| a.created_us >= heal_us)
+            .map(|a| a.acked_us - heal_us)
+            .min()
+    } else {
+        d.sim.checker.fail(format!(
+            "liveness: no proposal made after healing core {core:?} was acknowledged within {}us",
+            cfg.liveness_us_max
+        ));
+        None
+    };
+
+    // Convergence phase: heal everything; every survivor must catch up.
+    d.clients_on = false;
+    d.sim.net.heal_all();
+    for n in d.sim.alive() {
+        match d.sim.status(n) {
+            Status::Crashed => d.sim.restart(n),
+            Status::Paused => d.sim.resume(n),
+            _ => {}
+        }
+    }
+    let target = d.sim.acked_max_index();
+    let deadline = d.sim.now_us + cfg.convergence_us_max;
+    let converged = d.run(deadline, |sim| {
+        let alive = sim.alive();
+        let first = sim.applied(alive[0]);
+        first.index >= target && alive.iter().all(|&n| sim.applied(n) == first)
+    });
+    if !converged {
+        let applied: Vec<_> = d
+            .sim
+            .alive()
+            .iter()
+            .map(|&n| (n, d.sim.applied(n).index))
+            .collect();
+        d.sim.checker.fail(format!(
+            "convergence: survivors did not catch up within the bound: {applied:?}"
+        ));
+    }
+    d.sim.check_acked();
+
+    RunReport {
+        seed,
+        violations: d.sim.checker.violations.clone(),
+        stats: d.sim.stats.clone(),
+        recovery_us,
+        core,
+        sim_us: d.sim.now_us,
+        trace: if cfg.trace {
+            d.nemesis.log.clone()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// A random set of 3 or more servers that are not destroyed.
+fn pick_core(sim: &mut Sim) -> Vec<NodeId> {
+    let mut alive = sim.alive();
+    alive.shuffle(&mut sim.rng);
+    let quorum = sim.ids().len() / 2 + 1;
+    assert!(
+        alive.len() >= quorum,
+        "the nemesis destroys at most a minority"
+    );
+    let size = sim.rng.gen_range(quorum..=alive.len());
+    let mut core: Vec<NodeId> = alive.into_iter().take(size).collect();
+    core.sort_unstable();
+    core
+}
