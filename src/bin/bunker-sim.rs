@@ -53,6 +53,10 @@ struct Cli {
     /// Stop at the first failing seed.
     #[arg(long)]
     stop_on_failure: bool,
+    /// Also print a line for every passing seed whose liveness recovery took
+    /// at least this many ticks.
+    #[arg(long)]
+    show_recovery_over: Option<u64>,
 }
 
 fn default_jobs() -> usize {
@@ -131,6 +135,16 @@ fn main() {
                 if !report.ok() {
                     failed.fetch_add(1, Ordering::Relaxed);
                     print_failure(&cli, &report);
+                } else if let (Some(limit), Some(us)) = (cli.show_recovery_over, report.recovery_us) {
+                    let ticks = us / cfg.timing.tick_us;
+                    if ticks >= limit {
+                        println!("slow seed {}: recovery {ticks} ticks, core {:?}", report.seed, report.core);
+                        if cli.trace {
+                            for line in &report.trace {
+                                println!("  {line}");
+                            }
+                        }
+                    }
                 }
                 reports
                     .lock()

@@ -305,8 +305,37 @@ impl<L: LogStore> Raft<L> {
         })
     }
 
+    /// A snapshot of the state machine at `id` arrived from `from`, sent as
+    /// leader of `term`. Returns whether the layer above should install it;
+    /// applies the term rules of Raft §7 (InstallSnapshot) first, so a stale
+    /// leader steps down before anything replaces its state.
+    pub fn accept_snapshot(&mut self, from: NodeId, term: Term, id: LogId) -> Result<bool, CoreError> {
+        self.guard(|raft| {
+            if term < raft.term || from == raft.id || !raft.configs.current().contains(from) {
+                return Ok(false);
+            }
+            if term > raft.term || raft.role != Role::Follower {
+                if raft.role == Role::Leader && term == raft.term {
+                    return Ok(false); // two leaders in one term: impossible from correct peers
+                }
+                raft.become_follower(term, Some(from))?;
+            }
+            if raft.leader_id.is_none() {
+                raft.leader_id = Some(from);
+            }
+            if raft.leader_id != Some(from) {
+                return Ok(false);
+            }
+            raft.leader_contact_elapsed = 0;
+            raft.election_elapsed = 0;
+            Ok(id.index > raft.commit)
+        })
+    }
+
     /// The layer above installed, durably, a snapshot of the state machine
-    /// at `id` with configuration `membership`.
+    /// at `id` with configuration `membership` (after `accept_snapshot`
+    /// said so). The log keeps the entries after `id` if it holds `id`
+    /// itself, and restarts empty after `id` otherwise.
     pub fn handle_snapshot_installed(
         &mut self,
         id: LogId,
@@ -320,6 +349,13 @@ impl<L: LogStore> Raft<L> {
                 raft.log.release_to(id.index)?;
                 raft.configs.release_to(id.index);
                 raft.durable = raft.durable.max(id.index);
+            } else if raft.role == Role::Leader {
+                // A leader holds every committed entry (Raft §5.4), so a
+                // committed snapshot it lacks means a broken invariant.
+                return Err(CoreError::Inconsistent(format!(
+                    "leader of term {} lacks the committed snapshot point {id}",
+                    raft.term
+                )));
             } else {
                 raft.log.reset(id)?;
                 raft.configs = Configs {

@@ -12,7 +12,8 @@ pub struct Options {
     pub election_ticks_min: u32,
     /// A follower whose acknowledgements stall this long is probed again.
     pub retransmit_ticks: u32,
-    /// A follower left in snapshot transfer this long is probed again.
+    /// A follower left in snapshot transfer this long is probed again (and
+    /// gets a new snapshot if it still needs one): a lost transfer costs this.
     pub snapshot_ticks_max: u32,
     /// Append messages in flight per follower (the pipeline window).
     pub inflight_appends_max: usize,
@@ -37,7 +38,7 @@ impl Default for Options {
             heartbeat_ticks: 2,
             election_ticks_min: 10,
             retransmit_ticks: 6,
-            snapshot_ticks_max: 200,
+            snapshot_ticks_max: 30,
             inflight_appends_max: 16,
             batch_entries_max: 256,
             batch_bytes_max: 1 << 20,

@@ -377,7 +377,9 @@ impl Sim {
                     .handle_message(msg);
                 self.after(to, result);
             }
-            Packet::Snapshot { state, .. } => self.install_snapshot(to, state),
+            Packet::Snapshot {
+                from, term, state, ..
+            } => self.install_snapshot(to, from, term, state),
         }
     }
 
@@ -510,10 +512,12 @@ impl Sim {
             }
             Effect::SnapshotNeeded { to } => {
                 self.stats.snapshots_sent += 1;
-                let state = self.node(id).app.clone();
+                let node = self.node(id);
+                let (state, term) = (node.app.clone(), node.raft.as_ref().expect("up").term());
                 self.send(Packet::Snapshot {
                     from: id,
                     to,
+                    term,
                     state,
                 });
             }
@@ -609,13 +613,15 @@ impl Sim {
         }
     }
 
-    fn install_snapshot(&mut self, id: NodeId, state: AppState) {
-        let node = self.node(id);
-        let raft = node.raft.as_ref().expect("up");
-        if state.applied.index <= node.app.applied.index
-            || state.applied.index <= raft.commit_index()
-        {
-            return;
+    fn install_snapshot(&mut self, id: NodeId, from: NodeId, term: Term, state: AppState) {
+        let raft = self.node_mut(id).raft.as_mut().expect("up");
+        match raft.accept_snapshot(from, term, state.applied) {
+            Ok(true) => {}
+            Ok(false) => return self.after(id, Ok(())),
+            Err(e) => return self.after(id, Err(e)),
+        }
+        if state.applied.index <= self.node(id).app.applied.index {
+            return self.after(id, Ok(()));
         }
         self.stats.snapshots_installed += 1;
         self.checker.installed(id, state.applied, state.hash);
@@ -886,6 +892,47 @@ impl Sim {
             }
         }
         self.acked = acked;
+    }
+
+    /// One line per server: status, role, term, leader, commit, last log.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let state = match node.raft.as_ref() {
+                Some(r) => format!(
+                    "{:?} t{} lead {:?} commit {} durable {} last {} applied {}",
+                    r.role(),
+                    r.term(),
+                    r.leader_id(),
+                    r.commit_index(),
+                    r.durable_index(),
+                    r.last_log_id(),
+                    node.app.applied.index
+                ),
+                None => String::new(),
+            };
+            out.push_str(&format!("[{} {:?} {state}] ", node.id, node.status));
+        }
+        out
+    }
+
+    /// Blocked directed links, as "a->b" pairs.
+    pub fn describe_links(&self) -> String {
+        let mut out = Vec::new();
+        for a in self.ids() {
+            for b in self.ids() {
+                if a == b {
+                    continue;
+                }
+                let l = self.net.link(a, b);
+                if l.blocked {
+                    out.push(format!("{a}-x>{b}"));
+                } else if l.loss > 0.0 || !l.drop_kinds.is_empty() {
+                    out.push(format!("{a}-{:.0}%{:?}>{b}", l.loss * 100.0, l.drop_kinds));
+                }
+            }
+        }
+        out.join(" ")
     }
 
     /// The digest of the entry a proposal created (for scenario assertions).

@@ -12,7 +12,7 @@
 use crate::raft::{Message, MessageKind};
 use crate::sim::app::AppState;
 use rand::Rng;
-use ringlog::NodeId;
+use ringlog::{NodeId, Term};
 
 /// Everything that travels between simulated servers.
 #[derive(Clone, Debug)]
@@ -23,6 +23,8 @@ pub enum Packet {
     Snapshot {
         from: NodeId,
         to: NodeId,
+        /// The sender's term (it sent the snapshot as leader of it).
+        term: Term,
         state: AppState,
     },
 }
