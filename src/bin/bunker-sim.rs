@@ -135,10 +135,14 @@ fn main() {
                 if !report.ok() {
                     failed.fetch_add(1, Ordering::Relaxed);
                     print_failure(&cli, &report);
-                } else if let (Some(limit), Some(us)) = (cli.show_recovery_over, report.recovery_us) {
+                } else if let (Some(limit), Some(us)) = (cli.show_recovery_over, report.recovery_us)
+                {
                     let ticks = us / cfg.timing.tick_us;
                     if ticks >= limit {
-                        println!("slow seed {}: recovery {ticks} ticks, core {:?}", report.seed, report.core);
+                        println!(
+                            "slow seed {}: recovery {ticks} ticks, core {:?}",
+                            report.seed, report.core
+                        );
                         if cli.trace {
                             for line in &report.trace {
                                 println!("  {line}");

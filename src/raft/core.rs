@@ -216,6 +216,10 @@ impl<L: LogStore> Raft<L> {
     pub fn leader_id(&self) -> Option<NodeId> {
         self.leader_id
     }
+    /// Ticks since the election timer was last reset.
+    pub fn election_elapsed(&self) -> u32 {
+        self.election_elapsed
+    }
     pub fn commit_index(&self) -> Index {
         self.commit
     }
@@ -309,7 +313,12 @@ impl<L: LogStore> Raft<L> {
     /// leader of `term`. Returns whether the layer above should install it;
     /// applies the term rules of Raft §7 (InstallSnapshot) first, so a stale
     /// leader steps down before anything replaces its state.
-    pub fn accept_snapshot(&mut self, from: NodeId, term: Term, id: LogId) -> Result<bool, CoreError> {
+    pub fn accept_snapshot(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        id: LogId,
+    ) -> Result<bool, CoreError> {
         self.guard(|raft| {
             if term < raft.term || from == raft.id || !raft.configs.current().contains(from) {
                 return Ok(false);
@@ -1097,13 +1106,16 @@ impl<L: LogStore> Raft<L> {
         leader.check_quorum_elapsed += 1;
         if leader.check_quorum_elapsed >= opts.election_ticks_min {
             leader.check_quorum_elapsed = 0;
-            let active = 1 + leader.progress.values().filter(|p| p.recent_active).count();
+            let last = self.log.last_id().index;
+            let active = 1 + leader.progress.values().filter(|p| p.kept_up(last)).count();
             for pr in leader.progress.values_mut() {
-                pr.recent_active = false;
+                pr.start_period();
             }
             if active < quorum && opts.mutation != Mutation::SkipCheckQuorum {
                 // CheckQuorum (thesis §6.2): a leader cut off from a majority
-                // steps down so that clients and peers stop waiting on it.
+                // steps down so that clients and peers stop waiting on it,
+                // and so that its followers leave its lease and can elect a
+                // leader that does reach a majority.
                 let term = self.term;
                 return self.become_follower(term, None);
             }

@@ -31,6 +31,8 @@ pub struct Progress {
     pub acked_seq: u64,
     /// Ticks without progress while something is outstanding.
     pub stall_ticks: u32,
+    /// `matched` when the current CheckQuorum period began.
+    pub period_matched: Index,
 }
 
 impl Progress {
@@ -44,6 +46,7 @@ impl Progress {
             recent_active: false,
             acked_seq: 0,
             stall_ticks: 0,
+            period_matched: 0,
         }
     }
 
@@ -77,6 +80,26 @@ impl Progress {
         self.inflight.clear();
         self.probe_sent = false;
         self.stall_ticks = 0;
+    }
+
+    /// Whether this follower counts towards CheckQuorum for the period
+    /// that ends now: it answered, and it is caught up with the leader's
+    /// log (`last`), or its match index advanced, or it is receiving a
+    /// snapshot. A follower that answers heartbeats but never accepts an
+    /// append (say, a link that loses only appends) does not count: a
+    /// leader kept in office by such followers could never commit, and its
+    /// lease would stop the others from electing one that can.
+    pub fn kept_up(&self, last: Index) -> bool {
+        let progressing = self.matched >= last
+            || self.matched > self.period_matched
+            || matches!(self.state, ProgressState::Snapshot { .. });
+        self.recent_active && progressing
+    }
+
+    /// Starts a new CheckQuorum period.
+    pub fn start_period(&mut self) {
+        self.recent_active = false;
+        self.period_matched = self.matched;
     }
 
     /// Something sent to this follower awaits an acknowledgement.

@@ -765,13 +765,26 @@ impl Sim {
     /// Crashes a running or paused server (kill -9); unsynced writes may be
     /// lost or torn. It stays down until `restart`.
     pub fn crash(&mut self, id: NodeId) {
+        self.crash_with(id, false);
+    }
+
+    /// Crashes a server and loses every write it had not synced.
+    pub fn crash_losing_unsynced(&mut self, id: NodeId) {
+        self.crash_with(id, true);
+    }
+
+    fn crash_with(&mut self, id: NodeId, lose_all: bool) {
         let mut rng = ChaCha8Rng::seed_from_u64(self.rng.gen());
         let node = self.node_mut(id);
         if !matches!(node.status, Status::Up | Status::Paused) {
             return;
         }
         let log = node.raft.take().expect("running").into_log();
-        node.disk = Some(log.crash(&mut rng));
+        node.disk = Some(if lose_all {
+            log.crash_losing_unsynced()
+        } else {
+            log.crash(&mut rng)
+        });
         node.status = Status::Crashed;
         node.incarnation += 1;
         node.inbox.clear();
@@ -892,6 +905,110 @@ impl Sim {
             }
         }
         self.acked = acked;
+    }
+
+    // ----- helpers for scripted scenarios ---------------------------------
+
+    /// A simulation for a scripted scenario: five servers, no nemesis, no
+    /// clients; the scenario drives everything.
+    pub fn scenario(seed: u64, opts: Options) -> Sim {
+        Sim::new(seed, 5, opts, Timing::default())
+    }
+
+    /// The highest term of any running server.
+    pub fn max_term(&self) -> Term {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.raft.as_ref())
+            .map(|r| r.term())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Runs until some running server leads (and has committed its
+    /// barrier), for at most `bound_us`.
+    pub fn wait_for_leader(&mut self, bound_us: u64) -> Option<NodeId> {
+        let deadline = self.now_us + bound_us;
+        let found = self.run_until(deadline, |sim| {
+            sim.leader()
+                .is_some_and(|l| sim.raft(l).is_some_and(|r| r.barrier_passed()))
+        });
+        if found {
+            self.leader()
+        } else {
+            None
+        }
+    }
+
+    /// Runs until `id` leads with its barrier committed, for at most `bound_us`.
+    pub fn wait_until_leader(&mut self, id: NodeId, bound_us: u64) -> bool {
+        let deadline = self.now_us + bound_us;
+        self.run_until(deadline, |sim| {
+            sim.status(id) == Status::Up && sim.raft(id).is_some_and(|r| r.barrier_passed())
+        })
+    }
+
+    /// Runs until a server other than `old` leads with its barrier
+    /// committed, for at most `bound_us`.
+    pub fn wait_for_new_leader(&mut self, old: NodeId, bound_us: u64) -> Option<NodeId> {
+        let deadline = self.now_us + bound_us;
+        let mut found = None;
+        self.run_until(deadline, |sim| {
+            found = sim.ids().into_iter().find(|&n| {
+                n != old
+                    && sim.status(n) == Status::Up
+                    && sim.raft(n).is_some_and(|r| r.barrier_passed())
+            });
+            found.is_some()
+        });
+        found
+    }
+
+    /// Proposes through `via` and runs until the proposal is acknowledged,
+    /// for at most `bound_us`; returns its position if it was.
+    pub fn propose_acked(&mut self, via: NodeId, bound_us: u64) -> Option<LogId> {
+        let at = self.propose(via)?;
+        let deadline = self.now_us + bound_us;
+        let acked = self.run_until(deadline, |sim| sim.acked.iter().any(|a| a.at == at));
+        acked.then_some(at)
+    }
+
+    /// Makes `id` start an election now, as if its election timer fired:
+    /// its clock jumps forward just until it starts asking for pre-votes.
+    pub fn campaign(&mut self, id: NodeId) {
+        for _ in 0..2 * self.opts.election_ticks_min {
+            let Some(raft) = self.node(id).raft.as_ref() else {
+                return;
+            };
+            if raft.role() == Role::Leader {
+                return;
+            }
+            self.clock_jump(id, 1);
+            let Some(raft) = self.node(id).raft.as_ref() else {
+                return;
+            };
+            if raft.role() == Role::PreCandidate && raft.election_elapsed() == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Cuts every link to and from `id`.
+    pub fn isolate(&mut self, id: NodeId) {
+        for other in self.ids() {
+            if other != id {
+                self.net.set_blocked_both(id, other, true);
+            }
+        }
+    }
+
+    /// Installs a packet filter (return false to drop a packet).
+    pub fn set_filter(&mut self, filter: impl FnMut(&Packet) -> bool + 'static) {
+        self.filter = Some(Box::new(filter));
+    }
+
+    pub fn clear_filter(&mut self) {
+        self.filter = None;
     }
 
     /// One line per server: status, role, term, leader, commit, last log.

@@ -146,6 +146,19 @@ impl SimLog {
         }
     }
 
+    /// The log after a power loss that keeps nothing unsynced.
+    pub fn crash_losing_unsynced(mut self) -> SimLog {
+        self.pending.clear();
+        SimLog {
+            current: self.durable.clone(),
+            durable: self.durable,
+            pending: VecDeque::new(),
+            hard: self.hard,
+            appended: Vec::new(),
+            full: false,
+        }
+    }
+
     /// Entries appended since the last call, each batch with the term of
     /// the entry that precedes it.
     pub fn drain_appended(&mut self) -> Vec<(Term, Vec<Entry>)> {

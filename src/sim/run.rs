@@ -232,10 +232,14 @@ fn run_seed_inner(seed: u64, cfg: &RunConfig) -> RunReport {
     let mut live = false;
     while d.sim.now_us < deadline && !live {
         let step_end = (d.sim.now_us + 10 * cfg.timing.tick_us).min(deadline);
-        live = d.run(step_end, |sim| sim.acked().iter().any(|a| a.created_us >= heal_us));
+        live = d.run(step_end, |sim| {
+            sim.acked().iter().any(|a| a.created_us >= heal_us)
+        });
         if cfg.trace {
             let state = d.sim.describe();
-            d.nemesis.log.push(format!("{:>10}us {state}", d.sim.now_us));
+            d.nemesis
+                .log
+                .push(format!("{:>10}us {state}", d.sim.now_us));
         }
     }
     let recovery_us = if live {
