@@ -46,3 +46,6 @@ pub use membership::{Membership, MembershipError};
 pub use message::{AppendResult, Body, Message, MessageKind};
 pub use options::{Mutation, Options, OptionsError};
 pub use ringlog::{Entry, EntryKind, HardState, Index, LogId, LogStore, NodeId, Term};
+
+#[cfg(test)]
+mod tests;
