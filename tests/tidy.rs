@@ -119,7 +119,11 @@ fn consensus_core_does_not_unwrap() {
             found.push(format!("{}:{line}: {what}", file.display()));
         }
     }
-    assert!(found.is_empty(), "unwrap in the core:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "unwrap in the core:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]

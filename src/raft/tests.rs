@@ -2,9 +2,7 @@
 //! produce. Each test names the part of the Raft paper (Ongaro and
 //! Ousterhout, 2014) or of Ongaro's thesis (2014) it checks.
 
-use crate::raft::{
-    AppendResult, Body, Effect, Membership, Message, Mutation, Options, Raft, Role,
-};
+use crate::raft::{AppendResult, Body, Effect, Membership, Message, Mutation, Options, Raft, Role};
 use crate::sim::log::SimLog;
 use bytes::Bytes;
 use ringlog::{Entry, EntryKind, HardState, LogId, LogStore, NodeId, Term};
@@ -33,11 +31,21 @@ fn sent(effects: &[Effect]) -> Vec<Message> {
 }
 
 fn msg(from: NodeId, to: NodeId, term: Term, body: Body) -> Message {
-    Message { from, to, term, body }
+    Message {
+        from,
+        to,
+        term,
+        body,
+    }
 }
 
 fn entry(index: u64, term: Term) -> Entry {
-    Entry { index, term, kind: EntryKind::Command, data: Bytes::from(vec![index as u8; 4]) }
+    Entry {
+        index,
+        term,
+        kind: EntryKind::Command,
+        data: Bytes::from(vec![index as u8; 4]),
+    }
 }
 
 /// Ticks until the election timer fires (at most twice the minimum).
@@ -65,9 +73,11 @@ fn sync(r: &mut Raft<SimLog>) -> Vec<Effect> {
 fn leader() -> Raft<SimLog> {
     let mut r = core(1);
     time_out(&mut r);
-    r.handle_message(msg(2, 1, 1, Body::PreVoteResponse { granted: true })).unwrap();
+    r.handle_message(msg(2, 1, 1, Body::PreVoteResponse { granted: true }))
+        .unwrap();
     drain(&mut r);
-    r.handle_message(msg(2, 1, 1, Body::VoteResponse { granted: true })).unwrap();
+    r.handle_message(msg(2, 1, 1, Body::VoteResponse { granted: true }))
+        .unwrap();
     drain(&mut r);
     assert_eq!(r.role(), Role::Leader);
     r
@@ -98,14 +108,24 @@ fn winning_the_pre_vote_persists_term_and_vote_before_asking_for_votes() {
     // the RequestVote RPCs that depend on them leave.
     let mut r = core(1);
     time_out(&mut r);
-    r.handle_message(msg(2, 1, 1, Body::PreVoteResponse { granted: true })).unwrap();
+    r.handle_message(msg(2, 1, 1, Body::PreVoteResponse { granted: true }))
+        .unwrap();
     let effects = drain(&mut r);
     assert_eq!(r.role(), Role::Candidate);
-    assert_eq!(r.log().hard_state(), HardState { term: 1, vote: Some(1) });
+    assert_eq!(
+        r.log().hard_state(),
+        HardState {
+            term: 1,
+            vote: Some(1)
+        }
+    );
     let last_log = LogId::ZERO;
     assert_eq!(
         sent(&effects),
-        vec![msg(1, 2, 1, Body::Vote { last_log }), msg(1, 3, 1, Body::Vote { last_log })]
+        vec![
+            msg(1, 2, 1, Body::Vote { last_log }),
+            msg(1, 3, 1, Body::Vote { last_log })
+        ]
     );
 }
 
@@ -115,7 +135,8 @@ fn a_granted_pre_vote_from_an_older_round_does_not_count() {
     time_out(&mut r);
     // A granted pre-vote carries the term asked for (1); one at our own
     // term (0) answers something else and must not elect us.
-    r.handle_message(msg(2, 1, 0, Body::PreVoteResponse { granted: true })).unwrap();
+    r.handle_message(msg(2, 1, 0, Body::PreVoteResponse { granted: true }))
+        .unwrap();
     assert_eq!(r.role(), Role::PreCandidate);
 }
 
@@ -129,8 +150,19 @@ fn new_leader_appends_its_barrier_and_reports_when_it_commits() {
     // The follower's acknowledgement alone is not a majority with an
     // undurable leader log: nothing commits until the leader's write lands.
     let ack = AppendResult::Success { match_index: 1 };
-    r.handle_message(msg(2, 1, 1, Body::AppendResponse { result: ack, seq: 0 })).unwrap();
-    assert!(drain(&mut r).iter().all(|e| !matches!(e, Effect::Committed { .. })));
+    r.handle_message(msg(
+        2,
+        1,
+        1,
+        Body::AppendResponse {
+            result: ack,
+            seq: 0,
+        },
+    ))
+    .unwrap();
+    assert!(drain(&mut r)
+        .iter()
+        .all(|e| !matches!(e, Effect::Committed { .. })));
     let effects = sync(&mut r);
     assert!(effects.contains(&Effect::BarrierPassed { term: 1, index: 1 }));
     assert!(effects.contains(&Effect::Committed { index: 1 }));
@@ -142,23 +174,60 @@ fn follower_acknowledges_only_durable_entries() {
     // Raft §5.3 with durability: an acknowledgement promises the entries
     // survive a crash of the follower.
     let mut r = core(2);
-    let append = Body::Append { prev: LogId::ZERO, entries: vec![entry(1, 1)], commit: 0, seq: 3 };
+    let append = Body::Append {
+        prev: LogId::ZERO,
+        entries: vec![entry(1, 1)],
+        commit: 0,
+        seq: 3,
+    };
     r.handle_message(msg(1, 2, 1, append)).unwrap();
     let effects = drain(&mut r);
-    assert!(sent(&effects).is_empty(), "no acknowledgement before the sync: {effects:?}");
-    assert_eq!(r.log().hard_state(), HardState { term: 1, vote: None });
+    assert!(
+        sent(&effects).is_empty(),
+        "no acknowledgement before the sync: {effects:?}"
+    );
+    assert_eq!(
+        r.log().hard_state(),
+        HardState {
+            term: 1,
+            vote: None
+        }
+    );
     let effects = sync(&mut r);
     let ack = AppendResult::Success { match_index: 1 };
-    assert_eq!(sent(&effects), vec![msg(2, 1, 1, Body::AppendResponse { result: ack, seq: 3 })]);
+    assert_eq!(
+        sent(&effects),
+        vec![msg(
+            2,
+            1,
+            1,
+            Body::AppendResponse {
+                result: ack,
+                seq: 3
+            }
+        )]
+    );
 }
 
 #[test]
 fn ack_before_durable_mutation_acknowledges_early() {
-    let opts = Options { mutation: Mutation::AckBeforeDurable, ..Options::default() };
+    let opts = Options {
+        mutation: Mutation::AckBeforeDurable,
+        ..Options::default()
+    };
     let mut r = core_with(2, &[1, 2, 3], opts);
-    let append = Body::Append { prev: LogId::ZERO, entries: vec![entry(1, 1)], commit: 0, seq: 0 };
+    let append = Body::Append {
+        prev: LogId::ZERO,
+        entries: vec![entry(1, 1)],
+        commit: 0,
+        seq: 0,
+    };
     r.handle_message(msg(1, 2, 1, append)).unwrap();
-    assert_eq!(sent(&drain(&mut r)).len(), 1, "the mutation must be observable");
+    assert_eq!(
+        sent(&drain(&mut r)).len(),
+        1,
+        "the mutation must be observable"
+    );
 }
 
 #[test]
@@ -167,28 +236,48 @@ fn leader_does_not_commit_an_older_term_entry_by_counting_replicas() {
     // leader of term 3 may not commit it until an entry of term 3 commits.
     let mut log = SimLog::new();
     log.append(&[entry(1, 1), entry(2, 1)]).unwrap();
-    log.save_hard_state(HardState { term: 2, vote: None }).unwrap();
+    log.save_hard_state(HardState {
+        term: 2,
+        vote: None,
+    })
+    .unwrap();
     let ops = log.begin_sync();
     log.complete_sync(ops);
     for (mutation, commits_old) in [(Mutation::None, false), (Mutation::CommitOlderTerms, true)] {
         let membership = Membership::new([1, 2, 3]).unwrap();
         let mut cloned = SimLog::new();
-        cloned.append(&log.entries(1, 3, u64::MAX).unwrap()).unwrap();
+        cloned
+            .append(&log.entries(1, 3, u64::MAX).unwrap())
+            .unwrap();
         cloned.save_hard_state(log.hard_state()).unwrap();
         let ops = cloned.begin_sync();
         let durable = cloned.complete_sync(ops);
-        let opts = Options { mutation, ..Options::default() };
+        let opts = Options {
+            mutation,
+            ..Options::default()
+        };
         let mut r = Raft::new(1, opts, membership, cloned, LogId::ZERO, 1).unwrap();
         r.handle_log_durable(durable).unwrap();
         time_out(&mut r);
-        r.handle_message(msg(2, 1, 3, Body::PreVoteResponse { granted: true })).unwrap();
-        r.handle_message(msg(2, 1, 3, Body::VoteResponse { granted: true })).unwrap();
+        r.handle_message(msg(2, 1, 3, Body::PreVoteResponse { granted: true }))
+            .unwrap();
+        r.handle_message(msg(2, 1, 3, Body::VoteResponse { granted: true }))
+            .unwrap();
         drain(&mut r);
         assert!(r.is_leader());
         assert_eq!(r.term(), 3);
         // Follower 2 holds entry 2 (of term 1) but not the barrier (3@t3).
         let ack = AppendResult::Success { match_index: 2 };
-        r.handle_message(msg(2, 1, 3, Body::AppendResponse { result: ack, seq: 0 })).unwrap();
+        r.handle_message(msg(
+            2,
+            1,
+            3,
+            Body::AppendResponse {
+                result: ack,
+                seq: 0,
+            },
+        ))
+        .unwrap();
         drain(&mut r);
         assert_eq!(r.commit_index() >= 2, commits_old, "mutation {mutation:?}");
     }
@@ -199,10 +288,20 @@ fn follower_truncates_a_conflicting_suffix() {
     // Raft §5.3: an existing entry that conflicts with a new one is deleted
     // with all that follow it.
     let mut r = core(2);
-    let append = Body::Append { prev: LogId::ZERO, entries: vec![entry(1, 1), entry(2, 1)], commit: 1, seq: 0 };
+    let append = Body::Append {
+        prev: LogId::ZERO,
+        entries: vec![entry(1, 1), entry(2, 1)],
+        commit: 1,
+        seq: 0,
+    };
     r.handle_message(msg(1, 2, 1, append)).unwrap();
     sync(&mut r);
-    let append = Body::Append { prev: LogId::new(1, 1), entries: vec![entry(2, 2)], commit: 1, seq: 0 };
+    let append = Body::Append {
+        prev: LogId::new(1, 1),
+        entries: vec![entry(2, 2)],
+        commit: 1,
+        seq: 0,
+    };
     r.handle_message(msg(3, 2, 2, append)).unwrap();
     let effects = drain(&mut r);
     assert!(effects.contains(&Effect::EntriesDiscarded { from: 2 }));
@@ -216,12 +315,43 @@ fn rejection_carries_the_conflicting_term_for_fast_backtracking() {
     // its conflicting entry and the first index it holds for that term.
     let mut r = core(2);
     let entries = vec![entry(1, 1), entry(2, 1), entry(3, 1)];
-    r.handle_message(msg(1, 2, 1, Body::Append { prev: LogId::ZERO, entries, commit: 0, seq: 0 })).unwrap();
+    r.handle_message(msg(
+        1,
+        2,
+        1,
+        Body::Append {
+            prev: LogId::ZERO,
+            entries,
+            commit: 0,
+            seq: 0,
+        },
+    ))
+    .unwrap();
     sync(&mut r);
-    let probe = Body::Append { prev: LogId::new(3, 2), entries: vec![], commit: 0, seq: 0 };
+    let probe = Body::Append {
+        prev: LogId::new(3, 2),
+        entries: vec![],
+        commit: 0,
+        seq: 0,
+    };
     r.handle_message(msg(3, 2, 2, probe)).unwrap();
-    let reject = AppendResult::Reject { rejected_prev: 3, hint_index: 1, hint_term: Some(1) };
-    assert_eq!(sent(&drain(&mut r)), vec![msg(2, 3, 2, Body::AppendResponse { result: reject, seq: 0 })]);
+    let reject = AppendResult::Reject {
+        rejected_prev: 3,
+        hint_index: 1,
+        hint_term: Some(1),
+    };
+    assert_eq!(
+        sent(&drain(&mut r)),
+        vec![msg(
+            2,
+            3,
+            2,
+            Body::AppendResponse {
+                result: reject,
+                seq: 0
+            }
+        )]
+    );
 }
 
 #[test]
@@ -229,11 +359,31 @@ fn follower_in_lease_ignores_votes_and_denies_pre_votes() {
     // Thesis §4.2.3 / §9.6: a server that heard from its leader within the
     // minimum election timeout does not help depose it.
     let mut r = core(2);
-    r.handle_message(msg(1, 2, 1, Body::Heartbeat { commit: 0, seq: 0 })).unwrap();
+    r.handle_message(msg(1, 2, 1, Body::Heartbeat { commit: 0, seq: 0 }))
+        .unwrap();
     drain(&mut r);
-    r.handle_message(msg(3, 2, 2, Body::PreVote { last_log: LogId::new(5, 1) })).unwrap();
-    assert_eq!(sent(&drain(&mut r)), vec![msg(2, 3, 1, Body::PreVoteResponse { granted: false })]);
-    r.handle_message(msg(3, 2, 2, Body::Vote { last_log: LogId::new(5, 1) })).unwrap();
+    r.handle_message(msg(
+        3,
+        2,
+        2,
+        Body::PreVote {
+            last_log: LogId::new(5, 1),
+        },
+    ))
+    .unwrap();
+    assert_eq!(
+        sent(&drain(&mut r)),
+        vec![msg(2, 3, 1, Body::PreVoteResponse { granted: false })]
+    );
+    r.handle_message(msg(
+        3,
+        2,
+        2,
+        Body::Vote {
+            last_log: LogId::new(5, 1),
+        },
+    ))
+    .unwrap();
     assert!(sent(&drain(&mut r)).is_empty());
     assert_eq!(r.term(), 1, "the vote request did not raise the term");
 }
@@ -242,20 +392,55 @@ fn follower_in_lease_ignores_votes_and_denies_pre_votes() {
 fn vote_is_granted_once_per_term_and_only_to_an_up_to_date_log() {
     // Raft §5.2 (one vote per term) and §5.4.1 (election restriction).
     let mut r = core(3);
-    let append = Body::Append { prev: LogId::ZERO, entries: vec![entry(1, 1)], commit: 0, seq: 0 };
+    let append = Body::Append {
+        prev: LogId::ZERO,
+        entries: vec![entry(1, 1)],
+        commit: 0,
+        seq: 0,
+    };
     r.handle_message(msg(1, 3, 1, append)).unwrap();
     sync(&mut r);
     for _ in 0..2 * Options::default().election_ticks_min {
         r.handle_tick().unwrap();
     }
     drain(&mut r);
-    r.handle_message(msg(2, 3, 2, Body::Vote { last_log: LogId::ZERO })).unwrap();
+    r.handle_message(msg(
+        2,
+        3,
+        2,
+        Body::Vote {
+            last_log: LogId::ZERO,
+        },
+    ))
+    .unwrap();
     let denied = msg(3, 2, 2, Body::VoteResponse { granted: false });
     assert!(sent(&drain(&mut r)).contains(&denied), "stale log denied");
-    r.handle_message(msg(1, 3, 2, Body::Vote { last_log: LogId::new(1, 1) })).unwrap();
+    r.handle_message(msg(
+        1,
+        3,
+        2,
+        Body::Vote {
+            last_log: LogId::new(1, 1),
+        },
+    ))
+    .unwrap();
     assert!(sent(&drain(&mut r)).contains(&msg(3, 1, 2, Body::VoteResponse { granted: true })));
-    assert_eq!(r.log().hard_state(), HardState { term: 2, vote: Some(1) });
-    r.handle_message(msg(2, 3, 2, Body::Vote { last_log: LogId::new(1, 1) })).unwrap();
+    assert_eq!(
+        r.log().hard_state(),
+        HardState {
+            term: 2,
+            vote: Some(1)
+        }
+    );
+    r.handle_message(msg(
+        2,
+        3,
+        2,
+        Body::Vote {
+            last_log: LogId::new(1, 1),
+        },
+    ))
+    .unwrap();
     assert!(sent(&drain(&mut r)).contains(&msg(3, 2, 2, Body::VoteResponse { granted: false })));
 }
 
@@ -264,13 +449,32 @@ fn stale_leader_learns_the_newer_term_and_steps_down() {
     // Raft §5.1: a server with a stale term reverts to follower on seeing a
     // newer one.
     let mut r = leader();
-    let reject = AppendResult::Reject { rejected_prev: 0, hint_index: 0, hint_term: None };
-    r.handle_message(msg(2, 1, 5, Body::AppendResponse { result: reject, seq: 0 })).unwrap();
+    let reject = AppendResult::Reject {
+        rejected_prev: 0,
+        hint_index: 0,
+        hint_term: None,
+    };
+    r.handle_message(msg(
+        2,
+        1,
+        5,
+        Body::AppendResponse {
+            result: reject,
+            seq: 0,
+        },
+    ))
+    .unwrap();
     let effects = drain(&mut r);
     assert!(effects.contains(&Effect::LostLeadership { term: 5 }));
     assert_eq!(r.role(), Role::Follower);
     assert_eq!(r.term(), 5);
-    assert_eq!(r.log().hard_state(), HardState { term: 5, vote: None });
+    assert_eq!(
+        r.log().hard_state(),
+        HardState {
+            term: 5,
+            vote: None
+        }
+    );
 }
 
 #[test]
@@ -278,35 +482,78 @@ fn read_index_waits_for_a_quorum_to_confirm_leadership() {
     // Thesis §6.4: a read is served at the commit index once a majority has
     // acknowledged a heartbeat sent after the read arrived.
     let mut r = leader();
-    r.handle_message(msg(2, 1, 1, Body::AppendResponse { result: AppendResult::Success { match_index: 1 }, seq: 0 }))
-        .unwrap();
+    r.handle_message(msg(
+        2,
+        1,
+        1,
+        Body::AppendResponse {
+            result: AppendResult::Success { match_index: 1 },
+            seq: 0,
+        },
+    ))
+    .unwrap();
     sync(&mut r);
     r.read_index(42).unwrap();
     let effects = drain(&mut r);
     let heartbeats = sent(&effects);
     assert_eq!(heartbeats.len(), 2);
-    assert!(heartbeats.iter().all(|m| matches!(m.body, Body::Heartbeat { seq: 1, .. })));
+    assert!(heartbeats
+        .iter()
+        .all(|m| matches!(m.body, Body::Heartbeat { seq: 1, .. })));
     // An answer to an older heartbeat does not confirm the read.
-    r.handle_message(msg(2, 1, 1, Body::HeartbeatResponse { match_index: 1, seq: 0 })).unwrap();
-    assert!(!drain(&mut r).iter().any(|e| matches!(e, Effect::ReadReady { .. })));
-    r.handle_message(msg(3, 1, 1, Body::HeartbeatResponse { match_index: 1, seq: 1 })).unwrap();
+    r.handle_message(msg(
+        2,
+        1,
+        1,
+        Body::HeartbeatResponse {
+            match_index: 1,
+            seq: 0,
+        },
+    ))
+    .unwrap();
+    assert!(!drain(&mut r)
+        .iter()
+        .any(|e| matches!(e, Effect::ReadReady { .. })));
+    r.handle_message(msg(
+        3,
+        1,
+        1,
+        Body::HeartbeatResponse {
+            match_index: 1,
+            seq: 1,
+        },
+    ))
+    .unwrap();
     assert!(drain(&mut r).contains(&Effect::ReadReady { ctx: 42, index: 1 }));
 }
 
 #[test]
 fn read_index_is_refused_before_the_barrier_commits() {
     let mut r = leader();
-    assert!(matches!(r.read_index(1), Err(crate::raft::ReadError::BarrierPending)));
+    assert!(matches!(
+        r.read_index(1),
+        Err(crate::raft::ReadError::BarrierPending)
+    ));
 }
 
 #[test]
 fn malformed_append_is_dropped() {
     let mut r = core(2);
     // Entry indexes do not follow prev.
-    let bad = Body::Append { prev: LogId::ZERO, entries: vec![entry(2, 1)], commit: 9, seq: 0 };
+    let bad = Body::Append {
+        prev: LogId::ZERO,
+        entries: vec![entry(2, 1)],
+        commit: 9,
+        seq: 0,
+    };
     r.handle_message(msg(1, 2, 1, bad)).unwrap();
     // Entry term above the sender's term.
-    let bad = Body::Append { prev: LogId::ZERO, entries: vec![entry(1, 7)], commit: 0, seq: 0 };
+    let bad = Body::Append {
+        prev: LogId::ZERO,
+        entries: vec![entry(1, 7)],
+        commit: 0,
+        seq: 0,
+    };
     r.handle_message(msg(1, 2, 1, bad)).unwrap();
     assert_eq!(r.last_log_id(), LogId::ZERO);
     assert_eq!(r.commit_index(), 0);
@@ -317,19 +564,50 @@ fn lagging_follower_behind_the_released_prefix_needs_a_snapshot() {
     // Raft §7: entries a follower needs were released after a snapshot.
     let mut r = leader();
     let ack = AppendResult::Success { match_index: 1 };
-    r.handle_message(msg(3, 1, 1, Body::AppendResponse { result: ack, seq: 0 })).unwrap();
+    r.handle_message(msg(
+        3,
+        1,
+        1,
+        Body::AppendResponse {
+            result: ack,
+            seq: 0,
+        },
+    ))
+    .unwrap();
     for _ in 0..5 {
         r.propose(Bytes::from_static(b"x")).unwrap();
     }
     drain(&mut r);
     let ack = AppendResult::Success { match_index: 6 };
-    r.handle_message(msg(2, 1, 1, Body::AppendResponse { result: ack, seq: 0 })).unwrap();
+    r.handle_message(msg(
+        2,
+        1,
+        1,
+        Body::AppendResponse {
+            result: ack,
+            seq: 0,
+        },
+    ))
+    .unwrap();
     sync(&mut r);
     assert_eq!(r.commit_index(), 6);
     r.compact(6).unwrap();
     // Follower 3 lost the appends after entry 1 and rejects the next one.
-    let reject = AppendResult::Reject { rejected_prev: 1, hint_index: 2, hint_term: None };
-    r.handle_message(msg(3, 1, 1, Body::AppendResponse { result: reject, seq: 0 })).unwrap();
+    let reject = AppendResult::Reject {
+        rejected_prev: 1,
+        hint_index: 2,
+        hint_term: None,
+    };
+    r.handle_message(msg(
+        3,
+        1,
+        1,
+        Body::AppendResponse {
+            result: reject,
+            seq: 0,
+        },
+    ))
+    .unwrap();
     assert!(drain(&mut r).contains(&Effect::SnapshotNeeded { to: 3 }));
 }
 
@@ -340,9 +618,13 @@ fn a_stale_leader_steps_down_before_accepting_a_snapshot() {
     assert!(r.accept_snapshot(2, 2, LogId::new(10, 2)).unwrap());
     assert_eq!(r.role(), Role::Follower);
     assert_eq!(r.term(), 2);
-    assert!(!r.accept_snapshot(3, 1, LogId::new(20, 1)).unwrap(), "older term refused");
+    assert!(
+        !r.accept_snapshot(3, 1, LogId::new(20, 1)).unwrap(),
+        "older term refused"
+    );
     let membership = Membership::new([1, 2, 3]).unwrap();
-    r.handle_snapshot_installed(LogId::new(10, 2), membership).unwrap();
+    r.handle_snapshot_installed(LogId::new(10, 2), membership)
+        .unwrap();
     assert_eq!(r.commit_index(), 10);
     assert_eq!(r.last_log_id(), LogId::new(10, 2));
 }

@@ -97,6 +97,8 @@ pub struct Nemesis {
     pub flaps: Vec<Flap>,
     /// Destroy this many servers right after the next acknowledgement.
     pub destroy_on_ack: Option<usize>,
+    /// Crash the next leader a few milliseconds after it is elected.
+    pub crash_on_election: Option<()>,
     pub log: Vec<String>,
 }
 
@@ -106,6 +108,7 @@ impl Nemesis {
             cfg,
             flaps: Vec::new(),
             destroy_on_ack: None,
+            crash_on_election: None,
             log: Vec::new(),
         }
     }
@@ -136,7 +139,28 @@ impl Nemesis {
                 self.flaps.clear();
                 self.note(sim, "heal all links".into());
             }
-            60..=74 if self.cfg.crashes => {
+            60..=64 if self.cfg.crashes => {
+                self.crash_on_election = Some(());
+                self.note(sim, "crash the next leader right after its election".into());
+            }
+            65..=67 if self.cfg.crashes => {
+                // A power failure: several servers crash at the same instant
+                // and lose whatever they had not synced.
+                let mut up: Vec<NodeId> = sim
+                    .ids()
+                    .into_iter()
+                    .filter(|&n| matches!(sim.status(n), Status::Up | Status::Paused))
+                    .collect();
+                up.shuffle(&mut sim.rng);
+                let count = sim.rng.gen_range(2..=3).min(up.len());
+                for &n in &up[..count] {
+                    sim.crash(n);
+                    let delay = sim.rng.gen_range(0..2 * election_us);
+                    sim.restart_after(n, delay);
+                }
+                self.note(sim, format!("power failure on {:?}", &up[..count]));
+            }
+            68..=74 if self.cfg.crashes => {
                 let target = self.pick_target(sim, &[Status::Up, Status::Paused]);
                 if let Some(n) = target {
                     sim.crash(n);

@@ -11,12 +11,13 @@ use crate::sim::nemesis::{FaultConfig, Nemesis};
 use crate::sim::network::Link;
 use rand::seq::SliceRandom;
 use rand::Rng;
-use ringlog::NodeId;
+use ringlog::{LogId, NodeId};
 
 const TIMER_NEMESIS: u64 = 1;
 const TIMER_CLIENT: u64 = 2;
 const TIMER_READ: u64 = 3;
 const TIMER_FLAP: u64 = 4;
+const TIMER_CRASH_LEADER: u64 = 5;
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -29,7 +30,7 @@ pub struct RunConfig {
     /// Bound on the convergence phase.
     pub convergence_us_max: u64,
     pub faults: FaultConfig,
-    /// Mean time between client proposals.
+    /// Mean time between two turns of the (closed-loop) clients.
     pub client_us_mean: u64,
     /// Mean time between client reads.
     pub read_us_mean: u64,
@@ -37,6 +38,11 @@ pub struct RunConfig {
     pub timing: Timing,
     /// Keep the nemesis log in the report (for replaying one seed).
     pub trace: bool,
+    /// Swarm testing: draw batch sizes, pipeline windows and disk latency
+    /// from the seed too, so that different seeds explore different shapes
+    /// of the same protocol (a batch that ends just before a new leader's
+    /// barrier, a window of one, a slow disk).
+    pub swarm: bool,
 }
 
 impl Default for RunConfig {
@@ -47,11 +53,12 @@ impl Default for RunConfig {
             liveness_us_max: 10_000_000,
             convergence_us_max: 20_000_000,
             faults: FaultConfig::level("medium").expect("level"),
-            client_us_mean: 5_000,
+            client_us_mean: 1_000,
             read_us_mean: 20_000,
             opts: Options::default(),
             timing: Timing::default(),
             trace: false,
+            swarm: true,
         }
     }
 }
@@ -118,7 +125,16 @@ struct Driver {
     /// Clients send to these servers (all in the safety phase).
     client_targets: Vec<NodeId>,
     flap_armed: bool,
+    /// Closed-loop clients: each waits for its proposal's answer (or gives
+    /// up after `CLIENT_TIMEOUT_US`) before it sends another.
+    clients: Vec<Option<(LogId, u64)>>,
+    acked_seen: usize,
 }
+
+/// Concurrent clients in a run.
+const CLIENTS: usize = 8;
+/// A client gives up on an answer after this long and sends anew.
+const CLIENT_TIMEOUT_US: u64 = 300_000;
 
 impl Driver {
     fn handle_timers(&mut self) {
@@ -142,10 +158,19 @@ impl Driver {
                         }
                     }
                 }
-                TIMER_CLIENT if self.clients_on => {
-                    if let Some(&via) = self.client_targets.choose(&mut self.sim.rng) {
-                        self.sim.propose(via);
+                TIMER_CRASH_LEADER if self.nemesis_on => {
+                    if let Some(leader) = self.sim.leader() {
+                        self.sim.crash(leader);
+                        let election_us =
+                            self.sim.opts.election_ticks_min as u64 * self.sim.timing.tick_us;
+                        let delay = self.sim.rng.gen_range(0..4 * election_us);
+                        self.sim.restart_after(leader, delay);
+                        let line = format!("{:>10}us crash new leader {leader}", self.sim.now_us);
+                        self.nemesis.log.push(line);
                     }
+                }
+                TIMER_CLIENT if self.clients_on => {
+                    self.client_turn();
                     let delay = exp_delay(&mut self.sim, self.cfg.client_us_mean);
                     self.sim.set_timer(delay, TIMER_CLIENT);
                 }
@@ -161,9 +186,41 @@ impl Driver {
         }
     }
 
+    /// One random client acts: an idle client (or one that gave up) sends a
+    /// new proposal through a random target.
+    fn client_turn(&mut self) {
+        let i = self.sim.rng.gen_range(0..self.clients.len());
+        let now = self.sim.now_us;
+        if let Some((_, deadline)) = self.clients[i] {
+            if now < deadline {
+                return;
+            }
+        }
+        self.clients[i] = None;
+        if let Some(&via) = self.client_targets.choose(&mut self.sim.rng) {
+            if let Some(at) = self.sim.propose(via) {
+                self.clients[i] = Some((at, now + CLIENT_TIMEOUT_US));
+            }
+        }
+    }
+
+    /// Frees the clients whose proposals were acknowledged since last time.
+    fn note_acks(&mut self) {
+        let acked = self.sim.acked();
+        for a in &acked[self.acked_seen..] {
+            for client in self.clients.iter_mut() {
+                if client.is_some_and(|(at, _)| at == a.at) {
+                    *client = None;
+                }
+            }
+        }
+        self.acked_seen = acked.len();
+    }
+
     /// Runs until `deadline_us` or `done`; returns whether `done` held.
     fn run(&mut self, deadline_us: u64, mut done: impl FnMut(&Sim) -> bool) -> bool {
         let mut acked = self.sim.acked().len();
+        let mut elections = self.sim.stats.elections;
         while self.sim.now_us < deadline_us {
             if done(&self.sim) {
                 return true;
@@ -172,8 +229,19 @@ impl Driver {
                 break;
             }
             self.handle_timers();
+            if self.sim.stats.elections > elections {
+                elections = self.sim.stats.elections;
+                if self.nemesis.crash_on_election.take().is_some() {
+                    // Crash the new leader a few milliseconds into its term:
+                    // its barrier (and maybe more) is written locally but
+                    // not yet replicated.
+                    let delay = self.sim.rng.gen_range(0..5_000);
+                    self.sim.set_timer(delay, TIMER_CRASH_LEADER);
+                }
+            }
             if self.sim.acked().len() > acked {
                 acked = self.sim.acked().len();
+                self.note_acks();
                 if let Some(count) = self.nemesis.destroy_on_ack.take() {
                     self.nemesis.destroy_now(&mut self.sim, count);
                 }
@@ -183,8 +251,23 @@ impl Driver {
     }
 }
 
+fn swarm(seed: u64, cfg: &RunConfig) -> (crate::raft::Options, Timing) {
+    use rand::SeedableRng;
+    let mut opts = cfg.opts.clone();
+    let mut timing = cfg.timing.clone();
+    if cfg.swarm {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_5A44);
+        opts.batch_entries_max = *[1, 2, 3, 8, 64, 256].choose(&mut rng).expect("sizes");
+        opts.inflight_appends_max = *[1, 2, 4, 16].choose(&mut rng).expect("windows");
+        timing.sync_us_max = *[500, 2_000, 20_000].choose(&mut rng).expect("latencies");
+        timing.sync_us_min = timing.sync_us_min.min(timing.sync_us_max);
+    }
+    (opts, timing)
+}
+
 fn run_seed_inner(seed: u64, cfg: &RunConfig) -> RunReport {
-    let mut sim = Sim::new(seed, cfg.nodes, cfg.opts.clone(), cfg.timing.clone());
+    let (opts, timing) = swarm(seed, cfg);
+    let mut sim = Sim::new(seed, cfg.nodes, opts, timing);
     let client_targets = sim.ids();
     sim.set_timer(1, TIMER_NEMESIS);
     sim.set_timer(1, TIMER_CLIENT);
@@ -197,6 +280,8 @@ fn run_seed_inner(seed: u64, cfg: &RunConfig) -> RunReport {
         clients_on: true,
         client_targets,
         flap_armed: false,
+        clients: vec![None; CLIENTS],
+        acked_seen: 0,
     };
 
     // Safety phase: random faults.
@@ -223,6 +308,8 @@ fn run_seed_inner(seed: u64, cfg: &RunConfig) -> RunReport {
         d.sim.now_us
     ));
     d.client_targets = core.clone();
+    // Clients waiting on answers from before the heal retry at once.
+    d.clients.iter_mut().for_each(|c| *c = None);
     let heal_us = d.sim.now_us;
     let deadline = heal_us + cfg.liveness_us_max;
     if cfg.trace {

@@ -1,0 +1,55 @@
+//! A bounded run of the randomized simulator, as part of the test suite:
+//! every seed goes through the safety, liveness and convergence phases with
+//! every checker on. `BUNKER_SIM_SEEDS` sets how many seeds (default: 2000
+//! with optimizations, 200 without); `bunker-sim` runs longer ranges.
+
+use bunker::sim::{run_seed, RunConfig};
+
+fn seed_count() -> u64 {
+    let default = if cfg!(debug_assertions) { 200 } else { 2000 };
+    std::env::var("BUNKER_SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn randomized_seeds_pass_every_checker() {
+    let seeds = seed_count();
+    let cfg = RunConfig::default();
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as u64;
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..jobs)
+            .map(|job| {
+                let cfg = &cfg;
+                scope.spawn(move || {
+                    let mut failures = Vec::new();
+                    let mut seed = job;
+                    while seed < seeds {
+                        let report = run_seed(seed, cfg);
+                        if let Some(v) = report.violations.first() {
+                            failures.push(format!(
+                                "seed {seed}: {} | replay: cargo run --release --bin bunker-sim -- --seeds {seed} --trace",
+                                v.what
+                            ));
+                        }
+                        seed += jobs;
+                    }
+                    failures
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker"))
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
