@@ -4,6 +4,8 @@
 //! - [`raft`]: the sans-IO consensus core.
 //! - [`sim`]: the deterministic simulator that drives the real core through
 //!   crashes, torn writes, partitions and selective packet loss.
+//! - [`wire`]: the versioned wire encoding of consensus messages.
 
 pub mod raft;
 pub mod sim;
+pub mod wire;

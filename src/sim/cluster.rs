@@ -489,7 +489,18 @@ impl Sim {
 
     fn on_effect(&mut self, id: NodeId, effect: Effect) {
         match effect {
-            Effect::Send(msg) => self.send(Packet::Raft(msg)),
+            Effect::Send(msg) => {
+                // Every message crosses the simulated network in its wire
+                // encoding, as it would cross a real one.
+                let mut buf = bytes::BytesMut::new();
+                crate::wire::encode(&msg, &mut buf);
+                match crate::wire::decode(buf.freeze()) {
+                    Ok(decoded) => self.send(Packet::Raft(decoded)),
+                    Err(e) => self.checker.fail(format!(
+                        "wire: server {id} sent an undecodable message: {e}"
+                    )),
+                }
+            }
             Effect::BecameLeader { term } => {
                 self.stats.elections += 1;
                 self.node_mut(id).leading = Some(term);
