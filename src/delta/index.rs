@@ -71,30 +71,30 @@ impl FileNode {
     /// must be listed by the caller (asserted).
     pub fn update(&mut self, size_bytes: u64, changed: &[(u64, u64)]) {
         let count_new = page_count(size_bytes) as usize;
+        let count_old = self.pages.len();
         while self.pages.len() > count_new {
             let i = self.pages.len() - 1;
             self.content = self.content.wrapping_sub(page_term(i as u64, self.pages[i]));
             self.pages.pop();
         }
-        let count_old = self.pages.len();
+        // Extension pages start unset; each must be listed in `changed`.
+        self.pages.resize(count_new, UNSET_PAGE);
         for &(page, hash) in changed {
-            let page_usize = page as usize;
-            assert!(page_usize < count_new, "page {page} beyond new count {count_new}");
-            if page_usize < self.pages.len() {
-                let old = self.pages[page_usize];
+            let i = page as usize;
+            assert!(i < count_new, "page {page} beyond new count {count_new}");
+            let old = self.pages[i];
+            if i < count_old.min(count_new) {
                 self.content = self.content.wrapping_sub(page_term(page, old));
-                self.pages[page_usize] = hash;
-            } else {
-                // Extension: pages beyond the old count arrive in any order.
-                self.pages.resize(page_usize + 1, UNSET_PAGE);
-                self.pages[page_usize] = hash;
+            } else if old != UNSET_PAGE {
+                // An extension page listed twice: undo the first listing.
+                self.content = self.content.wrapping_sub(page_term(page, old));
             }
+            self.pages[i] = hash;
             self.content = self.content.wrapping_add(page_term(page, hash));
         }
-        assert_eq!(self.pages.len(), count_new, "extension pages missing ({count_old} -> {count_new})");
         assert!(
             self.pages.iter().all(|h| *h != UNSET_PAGE),
-            "extension page not hashed"
+            "extension pages missing ({count_old} -> {count_new})"
         );
         self.size_bytes = size_bytes;
     }

@@ -59,6 +59,7 @@ struct Inode {
 }
 
 /// See the module documentation.
+#[derive(Clone)]
 pub struct MemTree {
     inodes: HashMap<Ino, Inode>,
     next_ino: Ino,
