@@ -75,7 +75,8 @@ fn scenario<T: FileTree>(
 ) {
     let mut queue: VecDeque<(Captured, Listing)> = VecDeque::new();
     let mut index = 0u64;
-    for step in steps {
+    let setup = [Step::Cmd(setup_ops())];
+    for step in setup.iter().chain(steps) {
         match step {
             Step::Cmd(ops) => {
                 let before = leader.speculative_hash();

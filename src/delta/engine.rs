@@ -305,34 +305,26 @@ enum IndexEdit {
 
 impl<T: FileTree> Engine<T> {
     /// Opens (or initialises) the engine over `tree`: see the module docs.
-    pub fn open(mut tree: T, config: EngineConfig) -> Result<(Engine<T>, OpenReport), EngineError> {
-        config.validate()?;
-        let (record, fresh) = match meta::read(&mut tree)? {
-            Some(record) => (record, false),
-            None => (init_fresh(&mut tree)?, true),
+    pub fn open(tree: T, config: EngineConfig) -> Result<(Engine<T>, OpenReport), EngineError> {
+        Engine::open_or_return(tree, config).map_err(|(err, _)| err)
+    }
+
+    /// [`Engine::open`] that gives the tree back on failure, so that a
+    /// simulator can crash the machine during a restart and try again.
+    pub fn open_or_return(mut tree: T, config: EngineConfig) -> Result<(Engine<T>, OpenReport), (EngineError, T)> {
+        if let Err(err) = config.validate() {
+            return Err((err, tree));
+        }
+        let (record, fresh, committed) = match prepare_open(&mut tree) {
+            Ok(prepared) => prepared,
+            Err(err) => return Err((err, tree)),
         };
-        let base_dir = base_dir_name(record.gen);
-        for name in tree.list("")? {
-            if name != META_PATH && name != base_dir {
-                remove_recursive(&mut tree, &name)?;
-            }
-        }
-        match tree.stat(&base_dir)? {
-            Some(m) if m.kind == Kind::Dir => {}
-            _ => {
-                return Err(EngineError::Storage(TreeError::BadPath {
-                    path: base_dir,
-                    reason: "metadata names a committed directory that is missing",
-                }))
-            }
-        }
-        let committed = scan_tree(&mut tree, &base_dir)?;
         let recovering = committed.hash() != record.state_hash;
         let mut engine = Engine {
             tree,
             config,
             gen: record.gen,
-            base_dir,
+            base_dir: base_dir_name(record.gen),
             meta_counter: record.counter,
             applied_index: record.applied_index,
             state_index: record.applied_index,
@@ -348,7 +340,9 @@ impl<T: FileTree> Engine<T> {
             staging: None,
             journal: None,
         };
-        engine.rebuild_live()?;
+        if let Err(err) = engine.rebuild_live() {
+            return Err((err, engine.tree));
+        }
         let (files, bytes) = engine.committed.iter().fold((0, 0), |(f, b), (_, node)| match node {
             Node::File(file) => (f + 1, b + file.size_bytes),
             Node::Dir { .. } => (f, b),
@@ -1627,6 +1621,32 @@ pub(crate) fn scan_tree<T: FileTree>(tree: &mut T, root: &str) -> Result<StateIn
         }
     }
     Ok(index)
+}
+
+/// Restart steps before the engine exists: read (or create) the metadata,
+/// drop leftovers, and index the committed directory.
+fn prepare_open<T: FileTree>(tree: &mut T) -> Result<(MetaRecord, bool, StateIndex), EngineError> {
+    let (record, fresh) = match meta::read(tree)? {
+        Some(record) => (record, false),
+        None => (init_fresh(tree)?, true),
+    };
+    let base_dir = base_dir_name(record.gen);
+    for name in tree.list("")? {
+        if name != META_PATH && name != base_dir {
+            remove_recursive(tree, &name)?;
+        }
+    }
+    match tree.stat(&base_dir)? {
+        Some(m) if m.kind == Kind::Dir => {}
+        _ => {
+            return Err(EngineError::Storage(TreeError::BadPath {
+                path: base_dir,
+                reason: "metadata names a committed directory that is missing",
+            }))
+        }
+    }
+    let committed = scan_tree(tree, &base_dir)?;
+    Ok((record, fresh, committed))
 }
 
 fn init_fresh<T: FileTree>(tree: &mut T) -> Result<MetaRecord, EngineError> {

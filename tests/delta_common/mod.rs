@@ -334,3 +334,14 @@ pub fn assert_same(what: &str, got: &Listing, want: &Listing) {
     }
     panic!("{what}: trees differ:\n{report}");
 }
+
+/// A first command that populates the tree (directories, files with data),
+/// so that random operations find something to work on.
+pub fn setup_ops() -> Vec<AppOp> {
+    let mut ops: Vec<AppOp> = (0..DIRS.len()).map(|d| AppOp::Mkdir { d }).collect();
+    for f in 0..FILES.len() {
+        ops.push(AppOp::Create { f });
+        ops.push(AppOp::Write { f, offset: 0, len: 1000 + 997 * f as u16, seed: f as u8 });
+    }
+    ops
+}
