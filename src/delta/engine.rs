@@ -1155,7 +1155,10 @@ impl<T: FileTree> Engine<T> {
         }
         let mut targets: BTreeMap<String, bool> = BTreeMap::new();
         for (path, entry) in &self.overlay {
-            targets.insert(path.clone(), entry.tag == TAG_UNKNOWN);
+            // A path removed or re-created speculatively may be a new
+            // directory over an old one: its old children must come back.
+            let replaced = matches!(entry.zero_from, Some((0, _)));
+            targets.insert(path.clone(), entry.tag == TAG_UNKNOWN || replaced);
         }
         for root in std::mem::take(&mut self.unknown_rescan) {
             if root.is_empty() {
