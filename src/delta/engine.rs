@@ -357,6 +357,42 @@ impl<T: FileTree> Engine<T> {
         Ok((engine, report))
     }
 
+    /// Bootstrap: accepts whatever an operator placed in the committed
+    /// directory ([`Engine::base_dir`]) while the engine was stopped as the
+    /// state at index 0 (every server of a new cluster must be given the same
+    /// files). Refused once any entry was applied.
+    pub fn bootstrap_from_base(&mut self) -> Result<StateHash, EngineError> {
+        if self.applied_index != 0 || self.state_index != 0 || !self.pending.is_empty() {
+            return Err(EngineError::Config("bootstrap is only allowed before the first entry"));
+        }
+        let base = self.base_dir.clone();
+        let committed = scan_tree(&mut self.tree, &base)?;
+        let mut files = Vec::new();
+        let mut dirs = vec![String::new(), base.clone()];
+        for (path, node) in committed.iter() {
+            match node {
+                Node::File(_) => files.push(join(&base, path)),
+                Node::Dir { .. } => dirs.push(join(&base, path)),
+            }
+        }
+        self.tree.sync(&files, &dirs)?;
+        self.meta_counter += 1;
+        let hash = committed.hash();
+        meta::write(
+            &mut self.tree,
+            &MetaRecord {
+                counter: self.meta_counter,
+                applied_index: 0,
+                gen: self.gen,
+                state_hash: hash,
+            },
+        )?;
+        self.committed = committed;
+        self.recovering = false;
+        self.rebuild_live()?;
+        Ok(hash)
+    }
+
     /// The underlying tree (the application's directory is [`Engine::live_dir`]).
     pub fn tree(&mut self) -> &mut T {
         &mut self.tree
