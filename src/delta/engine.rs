@@ -285,6 +285,8 @@ pub struct Engine<T: FileTree> {
     pub(crate) diverged_at: Option<u64>,
     staging: Option<Staging>,
     pub(crate) journal: Option<Journal>,
+    /// Set by a storage error mid-apply: `committed` may not match the disk.
+    index_stale: bool,
 }
 
 /// One path's effect during an apply (for re-indexing afterwards).
@@ -339,6 +341,7 @@ impl<T: FileTree> Engine<T> {
             diverged_at: None,
             staging: None,
             journal: None,
+            index_stale: false,
         };
         if let Err(err) = engine.rebuild_live() {
             return Err((err, engine.tree));
@@ -850,11 +853,24 @@ impl<T: FileTree> Engine<T> {
     /// delta). Entries must be given in log order; re-giving an applied index
     /// is a no-op, so after a restart the caller simply re-feeds every entry
     /// after [`OpenReport::applied_index`].
+    ///
+    /// After an error, the engine forgets staged parts and entries after its
+    /// state: re-feed from [`Status::state_index`] + 1 (after a storage
+    /// error, once the disk works again; after `Diverged`, after a snapshot).
     pub fn apply(&mut self, index: u64, part: &[u8]) -> Result<Applied, EngineError> {
         self.check_not_diverged()?;
         if index <= self.applied_index {
             return Ok(Applied::AlreadyApplied);
         }
+        let result = self.apply_part(index, part);
+        if result.is_err() {
+            self.staging = None;
+            self.applied_index = self.state_index;
+        }
+        result
+    }
+
+    fn apply_part(&mut self, index: u64, part: &[u8]) -> Result<Applied, EngineError> {
         let (header, payload) = format::parse_part(part).map_err(|source| EngineError::Corrupt { index, source })?;
         if header.part_count == 1 {
             self.abandon_staging();
@@ -862,7 +878,8 @@ impl<T: FileTree> Engine<T> {
             check.update(payload);
             check.verify().map_err(|source| EngineError::Corrupt { index, source })?;
             let parts = vec![part.to_vec()];
-            return self.apply_whole(index, &header, PartSource::Memory(&parts));
+            let result = self.apply_whole(index, &header, PartSource::Memory(&parts));
+            return self.after_storage_error(result);
         }
         let continues = matches!(&self.staging, Some(s)
             if s.header.delta_id == header.delta_id && s.next_part == header.part_no);
@@ -882,10 +899,8 @@ impl<T: FileTree> Engine<T> {
                 id_check: DeltaIdCheck::new(&header),
             });
         }
-        let staging = self.staging.as_mut().expect("staging set above");
-        staging.id_check.update(payload);
-        staging.next_part += 1;
-        let first_index = staging.first_index;
+        let first_index = self.staging.as_ref().expect("staging set above").first_index;
+        self.state_index = first_index - 1;
         if header.part_no + 1 < header.part_count {
             // Staged parts are never synced: until the last part applies, the
             // durable applied index stays before the first part, so a crash
@@ -893,19 +908,47 @@ impl<T: FileTree> Engine<T> {
             let stage_path = join(STAGE_DIR, &header.part_no.to_string());
             self.tree.create_file(&stage_path, 0o600)?;
             self.tree.write_at(&stage_path, 0, part)?;
+        }
+        let staging = self.staging.as_mut().expect("staging set above");
+        staging.id_check.update(payload);
+        staging.next_part += 1;
+        if header.part_no + 1 < header.part_count {
             self.applied_index = index;
-            self.state_index = first_index - 1;
             return Ok(Applied::Staged);
         }
         let staging = self.staging.take().expect("staging set above");
         staging.id_check.verify().map_err(|source| EngineError::Corrupt { index, source })?;
         self.state_index = first_index - 1;
         let result = self.apply_whole(index, &header, PartSource::Staged { last: part });
+        let result = self.after_storage_error(result);
         remove_recursive(&mut self.tree, STAGE_DIR)?;
         result
     }
 
+    /// A storage error in the middle of an apply leaves `base/` (and a
+    /// mirrored `live/`) partly written: the retry must skip the pre-state
+    /// check (like a restart after a crash), and `live/` must be rebuilt by a
+    /// rollback before the application runs again.
+    fn after_storage_error(&mut self, result: Result<Applied, EngineError>) -> Result<Applied, EngineError> {
+        if matches!(result, Err(EngineError::Storage(_))) {
+            self.recovering = true;
+            // The in-memory index may be ahead of the disk: the next apply
+            // re-reads it first (a rare path, O(database)).
+            self.index_stale = true;
+            if self.mode == Mode::Mirrored {
+                self.unknown_rescan.insert(String::new());
+                self.mode = Mode::NeedsRollback;
+            }
+        }
+        result
+    }
+
     fn apply_whole(&mut self, index: u64, header: &PartHeader, parts: PartSource<'_>) -> Result<Applied, EngineError> {
+        if self.index_stale {
+            let base = self.base_dir.clone();
+            self.committed = scan_tree(&mut self.tree, &base)?;
+            self.index_stale = false;
+        }
         let pre_actual = self.committed.hash();
         if !self.recovering && header.pre_hash != pre_actual {
             self.diverged_at = Some(index);
@@ -1189,6 +1232,18 @@ impl<T: FileTree> Engine<T> {
                 }
             }
         }
+        let live_ok = matches!(self.tree.stat(LIVE_DIR)?, Some(m) if m.kind == Kind::Dir);
+        if !live_ok || self.unknown_rescan.contains("") {
+            // Everything may have changed: a full copy is the cheapest
+            // certain answer.
+            self.rebuild_live()?;
+            stats.bytes_copied = self.committed.iter().fold(0, |sum, (_, node)| match node {
+                Node::File(file) => sum + file.size_bytes,
+                Node::Dir { .. } => sum,
+            });
+            stats.paths = self.committed.len() as u64;
+            return Ok(stats);
+        }
         let mut targets: BTreeMap<String, bool> = BTreeMap::new();
         for (path, entry) in &self.overlay {
             // A path removed or re-created speculatively may be a new
@@ -1197,16 +1252,7 @@ impl<T: FileTree> Engine<T> {
             targets.insert(path.clone(), entry.tag == TAG_UNKNOWN || replaced);
         }
         for root in std::mem::take(&mut self.unknown_rescan) {
-            if root.is_empty() {
-                for (path, _) in self.committed.iter().filter(|(p, _)| !p.contains('/')) {
-                    targets.insert(path.clone(), true);
-                }
-                for name in self.tree.list(LIVE_DIR)? {
-                    targets.insert(name, true);
-                }
-            } else {
-                targets.insert(root, true);
-            }
+            targets.insert(root, true);
         }
         for (path, deep) in targets {
             self.revert_path(&path, deep, &mut stats)?;
