@@ -60,7 +60,7 @@ fn check(engine: &mut Engine<MemTree>, want: &Listing, what: &str) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(24), ..ProptestConfig::default() })]
 
     #[test]
     fn crash_at_every_step_of_apply_then_reapply_converges(
@@ -131,7 +131,7 @@ proptest! {
 
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(16), ..ProptestConfig::default() })]
 
     /// A storage failure in the middle of an apply (the tree loses what was
     /// not synced but the process lives on), then a retry on the same engine,

@@ -128,7 +128,7 @@ fn real_app(engine: &mut Engine<RealTree>, ops: &[AppOp]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(64), ..ProptestConfig::default() })]
 
     #[test]
     fn mem_tree_capture_apply_rollback(steps in prop::collection::vec(step(), 1..40), seed in any::<u64>()) {
@@ -139,7 +139,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(24), ..ProptestConfig::default() })]
 
     #[test]
     fn real_tree_capture_apply_rollback(steps in prop::collection::vec(step(), 1..30)) {

@@ -772,7 +772,10 @@ impl<T: FileTree> Engine<T> {
         entry.pages.retain(|&page, _| page < count_new);
         for (page, content) in changed.into_iter().zip(new_pages) {
             if page * PAGE_BYTES as u64 >= zero_from && is_zero(&content) {
+                // Left to the zero-from claim, which this capture therefore
+                // re-asserts: it may expire only once this capture applied.
                 entry.pages.remove(&page);
+                entry.zero_from = Some((zero_from, seq));
             } else {
                 entry.pages.insert(page, (seq, content));
             }
@@ -1079,10 +1082,15 @@ impl<T: FileTree> Engine<T> {
                     self.overlay.remove(path);
                     continue;
                 }
-                entry.pages.retain(|_, (tag, _)| *tag > done.seq);
                 if matches!(entry.zero_from, Some((_, tag)) if tag <= done.seq) {
                     entry.zero_from = None;
                 }
+                // A page at or past a live zero-from claim must stay: without
+                // it the claim would read it as zeros.
+                let claim = entry.zero_from.map_or(u64::MAX, |(z, _)| z);
+                entry
+                    .pages
+                    .retain(|page, (tag, _)| *tag > done.seq || (page + 1) * PAGE_BYTES as u64 > claim);
             }
             if self.pending.is_empty() && self.mode == Mode::Speculative {
                 assert!(self.overlay.is_empty(), "overlay left after the last pending capture applied");

@@ -345,3 +345,9 @@ pub fn setup_ops() -> Vec<AppOp> {
     }
     ops
 }
+
+/// Proptest cases: `default`, or `DELTA_CASES` from the environment (for
+/// longer soak runs: `DELTA_CASES=5000 cargo test --test delta_props`).
+pub fn cases(default: u32) -> u32 {
+    std::env::var("DELTA_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
