@@ -1,2 +1,2 @@
-pub mod raft;
 pub mod delta;
+pub mod raft;

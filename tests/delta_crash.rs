@@ -24,9 +24,12 @@ fn history(commands: &[Vec<AppOp>], seed: u64) -> Vec<(Captured, Listing)> {
     let (mut leader, _) = Engine::open(MemTree::new(seed), config()).unwrap();
     let mut out = Vec::new();
     let mut index = 0u64;
-    let setup = vec![setup_ops()];
+    let setup = [setup_ops()];
     for ops in setup.iter().chain(commands) {
-        let mut app = MemApp { tree: leader.tree(), root: "live" };
+        let mut app = MemApp {
+            tree: leader.tree(),
+            root: "live",
+        };
         for op in ops {
             run_op(&mut app, op);
         }
@@ -42,7 +45,12 @@ fn history(commands: &[Vec<AppOp>], seed: u64) -> Vec<(Captured, Listing)> {
 }
 
 /// Feeds entries `from..` of the flattened history (parts are entries).
-fn feed(engine: &mut Engine<MemTree>, entries: &[Vec<u8>], from: u64, upto: u64) -> Result<(), EngineError> {
+fn feed(
+    engine: &mut Engine<MemTree>,
+    entries: &[Vec<u8>],
+    from: u64,
+    upto: u64,
+) -> Result<(), EngineError> {
     for index in from..=upto {
         engine.apply(index, &entries[index as usize - 1])?;
     }
@@ -128,7 +136,6 @@ proptest! {
         }
     }
 }
-
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(16), ..ProptestConfig::default() })]

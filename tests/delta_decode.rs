@@ -10,11 +10,27 @@ use proptest::prelude::*;
 
 fn valid_part() -> Vec<u8> {
     let mut encoder = Encoder::new(format::PART_BYTES_MIN);
-    encoder.push(&Op::Mkdir { path: "d", mode: 0o755 });
-    encoder.push(&Op::Create { path: "d/f", mode: 0o644 });
-    encoder.push(&Op::SetSize { path: "d/f", size_bytes: 100 });
-    encoder.push(&Op::Write { path: "d/f", offset: 3, data: b"hello" });
-    encoder.push(&Op::SetMode { path: "d/f", mode: 0o600 });
+    encoder.push(&Op::Mkdir {
+        path: "d",
+        mode: 0o755,
+    });
+    encoder.push(&Op::Create {
+        path: "d/f",
+        mode: 0o644,
+    });
+    encoder.push(&Op::SetSize {
+        path: "d/f",
+        size_bytes: 100,
+    });
+    encoder.push(&Op::Write {
+        path: "d/f",
+        offset: 3,
+        data: b"hello",
+    });
+    encoder.push(&Op::SetMode {
+        path: "d/f",
+        mode: 0o600,
+    });
     encoder.push(&Op::Remove { path: "old" });
     let (mut parts, _, _) = encoder.finish(1, 2);
     parts.remove(0)

@@ -46,7 +46,13 @@ fn base_listing<T: FileTree>(engine: &mut Engine<T>) -> Listing {
     list(engine.tree(), &base)
 }
 
-fn commit<T: FileTree>(leader: &mut Engine<T>, follower: &mut Engine<T>, index: &mut u64, captured: &Captured, want: &Listing) {
+fn commit<T: FileTree>(
+    leader: &mut Engine<T>,
+    follower: &mut Engine<T>,
+    index: &mut u64,
+    captured: &Captured,
+    want: &Listing,
+) {
     let count = captured.parts.len();
     for (i, part) in captured.parts.iter().enumerate() {
         *index += 1;
@@ -56,13 +62,22 @@ fn commit<T: FileTree>(leader: &mut Engine<T>, follower: &mut Engine<T>, index: 
             assert_eq!(on_leader, Applied::Staged);
             assert_eq!(on_follower, Applied::Staged);
         } else {
-            assert_eq!(on_leader, Applied::Delta { own: !captured.is_empty() });
+            assert_eq!(
+                on_leader,
+                Applied::Delta {
+                    own: !captured.is_empty()
+                }
+            );
             assert_eq!(on_follower, Applied::Delta { own: false });
         }
     }
     assert_same("leader base after commit", &base_listing(leader), want);
     assert_same("follower base after apply", &base_listing(follower), want);
-    assert_same("follower live (mirror) after apply", &list(follower.tree(), "live"), want);
+    assert_same(
+        "follower live (mirror) after apply",
+        &list(follower.tree(), "live"),
+        want,
+    );
     assert_eq!(follower.status().state_hash, hash_of(want));
     assert_eq!(leader.status().state_hash, hash_of(want));
 }
@@ -83,9 +98,19 @@ fn scenario<T: FileTree>(
                 run_app(leader, ops);
                 let captured = leader.capture().expect("capture");
                 let live = list(leader.tree(), "live");
-                assert_eq!(captured.pre_hash, before, "delta must start at the previous speculative state");
-                assert_eq!(captured.post_hash, hash_of(&live), "post hash is the hash of the working copy");
-                assert!(captured.parts.iter().all(|p| p.len() <= config().max_part_bytes));
+                assert_eq!(
+                    captured.pre_hash, before,
+                    "delta must start at the previous speculative state"
+                );
+                assert_eq!(
+                    captured.post_hash,
+                    hash_of(&live),
+                    "post hash is the hash of the working copy"
+                );
+                assert!(captured
+                    .parts
+                    .iter()
+                    .all(|p| p.len() <= config().max_part_bytes));
                 queue.push_back((captured, live));
             }
             Step::Commit => {
@@ -98,7 +123,11 @@ fn scenario<T: FileTree>(
                 leader.rollback().expect("rollback");
                 queue.clear();
                 let base = base_listing(leader);
-                assert_same("leader live after rollback", &list(leader.tree(), "live"), &base);
+                assert_same(
+                    "leader live after rollback",
+                    &list(leader.tree(), "live"),
+                    &base,
+                );
                 assert_eq!(leader.status().mode, Mode::Mirrored);
                 assert_eq!(leader.speculative_hash(), hash_of(&base));
             }
@@ -109,11 +138,18 @@ fn scenario<T: FileTree>(
     }
     assert_eq!(leader.status().mode, Mode::Mirrored);
     let base = base_listing(leader);
-    assert_same("leader live at the end", &list(leader.tree(), "live"), &base);
+    assert_same(
+        "leader live at the end",
+        &list(leader.tree(), "live"),
+        &base,
+    );
 }
 
 fn mem_app(engine: &mut Engine<MemTree>, ops: &[AppOp]) {
-    let mut app = MemApp { tree: engine.tree(), root: "live" };
+    let mut app = MemApp {
+        tree: engine.tree(),
+        root: "live",
+    };
     for op in ops {
         run_op(&mut app, op);
     }
@@ -166,7 +202,10 @@ fn same_tick_equal_size_overwrite_is_captured() {
         bytes[5000] = round.wrapping_add(2);
         std::fs::write(live.join("db"), &bytes).unwrap();
         let captured = leader.capture().unwrap();
-        assert_eq!(captured.stats.data_bytes, 1, "round {round}: exactly the changed byte");
+        assert_eq!(
+            captured.stats.data_bytes, 1,
+            "round {round}: exactly the changed byte"
+        );
         assert_ne!(captured.pre_hash, captured.post_hash);
     }
 }
@@ -180,7 +219,10 @@ fn sparse_extension_delta_is_small() {
     leader.tree().create_file("live/f", 0o644).unwrap();
     leader.tree().write_at("live/f", 0, b"hello").unwrap();
     leader.tree().set_len("live/f", 64 << 20).unwrap();
-    leader.tree().write_at("live/f", (64 << 20) - 3, b"end").unwrap();
+    leader
+        .tree()
+        .write_at("live/f", (64 << 20) - 3, b"end")
+        .unwrap();
     let captured = leader.capture().unwrap();
     assert!(captured.stats.encoded_bytes < 400, "{:?}", captured.stats);
     for part in &captured.parts {

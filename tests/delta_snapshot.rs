@@ -6,7 +6,9 @@
 mod delta_common;
 
 use bunker::delta::mem::Listing;
-use bunker::delta::{Engine, EngineConfig, EngineError, FileTree, InstallProgress, MemTree, RealTree};
+use bunker::delta::{
+    Engine, EngineConfig, EngineError, FileTree, InstallProgress, MemTree, RealTree,
+};
 use delta_common::*;
 use proptest::prelude::*;
 
@@ -65,16 +67,24 @@ fn scenario<T: FileTree>(
                 log.extend(command(source, &mut index, ops, run_app));
             }
         }
-        let chunk = source.snapshot_next(&mut snapshot).unwrap().expect("END comes before the stream ends");
+        let chunk = source
+            .snapshot_next(&mut snapshot)
+            .unwrap()
+            .expect("END comes before the stream ends");
         chunk_no += 1;
         if drops.get(chunk_no).copied().unwrap_or(false) {
             // Lost in transit: a later chunk arrives out of order and is
             // refused; the sender resumes where the receiver is.
             let next = source.snapshot_next(&mut snapshot).unwrap();
             if let Some(next) = next {
-                assert!(matches!(receiver.install_chunk(&mut install, &next), Err(EngineError::Snapshot(_))));
+                assert!(matches!(
+                    receiver.install_chunk(&mut install, &next),
+                    Err(EngineError::Snapshot(_))
+                ));
             }
-            source.snapshot_rewind(&mut snapshot, install.next_seq()).unwrap();
+            source
+                .snapshot_rewind(&mut snapshot, install.next_seq())
+                .unwrap();
             continue;
         }
         match receiver.install_chunk(&mut install, &chunk).unwrap() {
@@ -86,7 +96,11 @@ fn scenario<T: FileTree>(
     assert!(end_index <= index);
     assert_eq!(receiver.status().state_index, end_index);
     assert_same("installed snapshot", &base_listing(receiver), &end_listing);
-    assert_same("receiver live after install", &list(receiver.tree(), "live"), &end_listing);
+    assert_same(
+        "receiver live after install",
+        &list(receiver.tree(), "live"),
+        &end_listing,
+    );
     // The receiver now follows the log from the END index on.
     for ops in during {
         log.extend(command(source, &mut index, ops, run_app));
@@ -99,7 +113,10 @@ fn scenario<T: FileTree>(
 }
 
 fn mem_app(engine: &mut Engine<MemTree>, ops: &[AppOp]) {
-    let mut app = MemApp { tree: engine.tree(), root: "live" };
+    let mut app = MemApp {
+        tree: engine.tree(),
+        root: "live",
+    };
     for op in ops {
         run_op(&mut app, op);
     }
@@ -161,14 +178,33 @@ fn divergence_is_reported_and_cleared_by_a_snapshot() {
     }
     // Bit rot on the follower's committed copy, behind the engine's back.
     let base = follower.base_dir().to_string();
-    follower.tree().write_at(&format!("{base}/a"), 3, b"!").unwrap();
+    follower
+        .tree()
+        .write_at(&format!("{base}/a"), 3, b"!")
+        .unwrap();
     let (mut follower, report) = Engine::open(follower.into_tree(), config()).unwrap();
     assert!(report.recovering, "the restart notices the hash mismatch");
     assert!(!follower.status().can_lead());
-    let second = command(&mut leader, &mut index, &[AppOp::Write { f: 1, offset: 0, len: 10, seed: 9 }], &mut mem_app);
+    let second = command(
+        &mut leader,
+        &mut index,
+        &[AppOp::Write {
+            f: 1,
+            offset: 0,
+            len: 10,
+            seed: 9,
+        }],
+        &mut mem_app,
+    );
     let err = follower.apply(second[0].0, &second[0].1).unwrap_err();
-    assert!(matches!(err, EngineError::Diverged { stage: "post", .. }), "{err}");
-    assert!(matches!(follower.apply(second[0].0 + 1, &second[0].1), Err(EngineError::IsDiverged { .. })));
+    assert!(
+        matches!(err, EngineError::Diverged { stage: "post", .. }),
+        "{err}"
+    );
+    assert!(matches!(
+        follower.apply(second[0].0 + 1, &second[0].1),
+        Err(EngineError::IsDiverged { .. })
+    ));
     assert!(!follower.status().can_lead());
     // Snapshot from the leader.
     let mut snapshot = leader.snapshot_begin().unwrap();
@@ -177,5 +213,9 @@ fn divergence_is_reported_and_cleared_by_a_snapshot() {
         follower.install_chunk(&mut install, &chunk).unwrap();
     }
     assert!(follower.status().can_lead());
-    assert_same("after snapshot", &base_listing(&mut follower), &base_listing(&mut leader));
+    assert_same(
+        "after snapshot",
+        &base_listing(&mut follower),
+        &base_listing(&mut leader),
+    );
 }

@@ -99,7 +99,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
         _ => (t, 1),
     };
-    num.parse::<u64>().map(|n| n * mult).map_err(|e| format!("bad size {text:?}: {e}"))
+    num.parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|e| format!("bad size {text:?}: {e}"))
 }
 
 fn percentiles(h: &Histogram<u64>) -> Percentiles {
@@ -123,7 +125,12 @@ fn layout_files(layout: &str, db_bytes: u64) -> Vec<(String, u64)> {
         _ => {
             let count = (db_bytes / TREE_FILE_BYTES).max(1);
             (0..count)
-                .map(|i| (format!("d{:03}/f{:05}", i / TREE_FANOUT, i), TREE_FILE_BYTES.min(db_bytes)))
+                .map(|i| {
+                    (
+                        format!("d{:03}/f{:05}", i / TREE_FANOUT, i),
+                        TREE_FILE_BYTES.min(db_bytes),
+                    )
+                })
                 .collect()
         }
     }
@@ -151,7 +158,12 @@ fn write_initial(dir: &Path, files: &[(String, u64)], seed: u64) -> std::io::Res
 }
 
 /// Opens an engine at `root` whose committed state is the initial database.
-fn engine_with_db(root: &Path, files: &[(String, u64)], seed: u64, config: &EngineConfig) -> Result<Engine<RealTree>, String> {
+fn engine_with_db(
+    root: &Path,
+    files: &[(String, u64)],
+    seed: u64,
+    config: &EngineConfig,
+) -> Result<Engine<RealTree>, String> {
     let _ = fs::remove_dir_all(root);
     let tree = RealTree::open(root).map_err(|e| e.to_string())?;
     let (engine, _) = Engine::open(tree, config.clone()).map_err(|e| e.to_string())?;
@@ -167,13 +179,21 @@ fn engine_with_db(root: &Path, files: &[(String, u64)], seed: u64, config: &Engi
 /// One command of the benchmark's application: `change` bytes written in
 /// `live/` (random pages of random files). Returns the changed files and the
 /// bytes written (for the xxh3 baseline).
-fn run_command(live: &Path, files: &[(String, u64)], change: u64, rng: &mut ChaCha8Rng) -> std::io::Result<(BTreeSet<String>, Vec<u8>)> {
+fn run_command(
+    live: &Path,
+    files: &[(String, u64)],
+    change: u64,
+    rng: &mut ChaCha8Rng,
+) -> std::io::Result<(BTreeSet<String>, Vec<u8>)> {
     let mut touched = BTreeSet::new();
     let mut written = Vec::with_capacity(change as usize);
     if change < PAGE {
         let (path, size) = &files[rng.gen_range(0..files.len())];
         let offset = rng.gen_range(0..size - change);
-        let file = fs::OpenOptions::new().read(true).write(true).open(live.join(path))?;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(live.join(path))?;
         let mut old = vec![0u8; change as usize];
         file.read_exact_at(&mut old, offset)?;
         // Every byte really changes (and the size does not).
@@ -195,17 +215,32 @@ fn run_command(live: &Path, files: &[(String, u64)], change: u64, rng: &mut ChaC
     for global in chosen {
         let (file_no, page_no) = ((global / pages_per_file) as usize, global % pages_per_file);
         if open.as_ref().map(|(n, _)| *n) != Some(file_no) {
-            open = Some((file_no, fs::OpenOptions::new().write(true).open(live.join(&files[file_no].0))?));
+            open = Some((
+                file_no,
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(live.join(&files[file_no].0))?,
+            ));
         }
         rng.fill(&mut page[..]);
-        open.as_ref().expect("opened").1.write_all_at(&page, page_no * PAGE)?;
+        open.as_ref()
+            .expect("opened")
+            .1
+            .write_all_at(&page, page_no * PAGE)?;
         touched.insert(files[file_no].0.clone());
         written.extend_from_slice(&page);
     }
     Ok((touched, written))
 }
 
-fn run_case(args: &DeltaArgs, layout: &str, db_bytes: u64, changes: &[u64], config: &EngineConfig, out: &mut Vec<CaseResult>) -> Result<(), String> {
+fn run_case(
+    args: &DeltaArgs,
+    layout: &str,
+    db_bytes: u64,
+    changes: &[u64],
+    config: &EngineConfig,
+    out: &mut Vec<CaseResult>,
+) -> Result<(), String> {
     let files = layout_files(layout, db_bytes);
     let started = Instant::now();
     let mut leader = engine_with_db(&args.dir.join("leader"), &files, args.seed, config)?;
@@ -226,14 +261,22 @@ fn run_case(args: &DeltaArgs, layout: &str, db_bytes: u64, changes: &[u64], conf
         if change > db_bytes / 4 {
             continue;
         }
-        let iters = if db_bytes >= 1 << 30 { args.iters.div_ceil(4) } else if db_bytes >= 256 << 20 { args.iters.div_ceil(2) } else { args.iters };
-        let (mut capture, mut apply, mut xxh, mut read) = (histogram(), histogram(), histogram(), histogram());
+        let iters = if db_bytes >= 1 << 30 {
+            args.iters.div_ceil(4)
+        } else if db_bytes >= 256 << 20 {
+            args.iters.div_ceil(2)
+        } else {
+            args.iters
+        };
+        let (mut capture, mut apply, mut xxh, mut read) =
+            (histogram(), histogram(), histogram(), histogram());
         let mut delta_sizes = Vec::new();
         let mut hashed = Vec::new();
         let mut ratios_xxh = Vec::new();
         let mut ratios_read = Vec::new();
         for _ in 0..iters {
-            let (touched, written) = run_command(&live, &files, change, &mut rng).map_err(|e| e.to_string())?;
+            let (touched, written) =
+                run_command(&live, &files, change, &mut rng).map_err(|e| e.to_string())?;
             let t = Instant::now();
             let captured = leader.capture().map_err(|e| e.to_string())?;
             let capture_ns = t.elapsed().as_nanos() as u64;
@@ -258,7 +301,9 @@ fn run_case(args: &DeltaArgs, layout: &str, db_bytes: u64, changes: &[u64], conf
                 std::hint::black_box(xxh3_64(&bytes));
             }
             let read_ns = (t.elapsed().as_nanos() as u64).max(1);
-            capture.record(capture_ns.max(1)).map_err(|e| e.to_string())?;
+            capture
+                .record(capture_ns.max(1))
+                .map_err(|e| e.to_string())?;
             apply.record(apply_ns.max(1)).map_err(|e| e.to_string())?;
             xxh.record(xxh_ns).map_err(|e| e.to_string())?;
             read.record(read_ns).map_err(|e| e.to_string())?;
@@ -313,8 +358,16 @@ fn median_f64(v: &mut [f64]) -> f64 {
 }
 
 pub fn run(args: DeltaArgs) -> Result<(), String> {
-    let sizes: Vec<u64> = args.sizes.iter().map(|s| parse_size(s)).collect::<Result<_, _>>()?;
-    let changes: Vec<u64> = args.changes.iter().map(|s| parse_size(s)).collect::<Result<_, _>>()?;
+    let sizes: Vec<u64> = args
+        .sizes
+        .iter()
+        .map(|s| parse_size(s))
+        .collect::<Result<_, _>>()?;
+    let changes: Vec<u64> = args
+        .changes
+        .iter()
+        .map(|s| parse_size(s))
+        .collect::<Result<_, _>>()?;
     let max_part = parse_size(&args.max_part)? as usize;
     if changes.iter().any(|c| *c == 0) {
         return Err("change sizes must be at least 1 byte".into());

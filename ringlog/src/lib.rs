@@ -113,10 +113,16 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("log corruption detected: {0}; this server must not serve or vote until it is repaired")]
+    #[error(
+        "log corruption detected: {0}; this server must not serve or vote until it is repaired"
+    )]
     Corrupt(String),
     #[error("entry {index} is not in the log (log holds {first}..={last})")]
-    Unavailable { index: Index, first: Index, last: Index },
+    Unavailable {
+        index: Index,
+        first: Index,
+        last: Index,
+    },
     #[error("storage is full: {0}")]
     Full(String),
 }

@@ -79,10 +79,14 @@ impl Default for EngineConfig {
 impl EngineConfig {
     fn validate(&self) -> Result<(), EngineError> {
         if !(format::PART_BYTES_MIN..=format::PART_BYTES_MAX).contains(&self.max_part_bytes) {
-            return Err(EngineError::Config("max_part_bytes outside [16 KiB, 1 GiB]"));
+            return Err(EngineError::Config(
+                "max_part_bytes outside [16 KiB, 1 GiB]",
+            ));
         }
         if !(format::PART_BYTES_MIN..=format::PART_BYTES_MAX).contains(&self.snapshot_chunk_bytes) {
-            return Err(EngineError::Config("snapshot_chunk_bytes outside [16 KiB, 1 GiB]"));
+            return Err(EngineError::Config(
+                "snapshot_chunk_bytes outside [16 KiB, 1 GiB]",
+            ));
         }
         Ok(())
     }
@@ -313,7 +317,10 @@ impl<T: FileTree> Engine<T> {
 
     /// [`Engine::open`] that gives the tree back on failure, so that a
     /// simulator can crash the machine during a restart and try again.
-    pub fn open_or_return(mut tree: T, config: EngineConfig) -> Result<(Engine<T>, OpenReport), (EngineError, T)> {
+    pub fn open_or_return(
+        mut tree: T,
+        config: EngineConfig,
+    ) -> Result<(Engine<T>, OpenReport), (EngineError, T)> {
         if let Err(err) = config.validate() {
             return Err((err, tree));
         }
@@ -346,10 +353,13 @@ impl<T: FileTree> Engine<T> {
         if let Err(err) = engine.rebuild_live() {
             return Err((err, engine.tree));
         }
-        let (files, bytes) = engine.committed.iter().fold((0, 0), |(f, b), (_, node)| match node {
-            Node::File(file) => (f + 1, b + file.size_bytes),
-            Node::Dir { .. } => (f, b),
-        });
+        let (files, bytes) = engine
+            .committed
+            .iter()
+            .fold((0, 0), |(f, b), (_, node)| match node {
+                Node::File(file) => (f + 1, b + file.size_bytes),
+                Node::Dir { .. } => (f, b),
+            });
         let report = OpenReport {
             fresh,
             applied_index: record.applied_index,
@@ -366,7 +376,9 @@ impl<T: FileTree> Engine<T> {
     /// files). Refused once any entry was applied.
     pub fn bootstrap_from_base(&mut self) -> Result<StateHash, EngineError> {
         if self.applied_index != 0 || self.state_index != 0 || !self.pending.is_empty() {
-            return Err(EngineError::Config("bootstrap is only allowed before the first entry"));
+            return Err(EngineError::Config(
+                "bootstrap is only allowed before the first entry",
+            ));
         }
         let base = self.base_dir.clone();
         let committed = scan_tree(&mut self.tree, &base)?;
@@ -504,7 +516,8 @@ impl<T: FileTree> Engine<T> {
             }
             stats.paths_examined += 1;
             let mut ops = Vec::new();
-            let changed = self.capture_path(seq, &path, &mut ops, &mut removals, &mut work, &mut stats)?;
+            let changed =
+                self.capture_path(seq, &path, &mut ops, &mut removals, &mut work, &mut stats)?;
             if changed {
                 touched.push(path.clone());
             }
@@ -540,7 +553,10 @@ impl<T: FileTree> Engine<T> {
             });
             self.mode = Mode::Speculative;
         } else {
-            assert_eq!(pre_hash, post_hash, "no operations but the state hash moved");
+            assert_eq!(
+                pre_hash, post_hash,
+                "no operations but the state hash moved"
+            );
         }
         Ok(Captured {
             parts: parts.into_iter().map(Bytes::from).collect(),
@@ -553,7 +569,11 @@ impl<T: FileTree> Engine<T> {
     }
 
     /// Adds to `work` every path under `root` in `live/` and in `spec`.
-    fn expand_rescan(&mut self, root: &str, work: &mut BTreeSet<String>) -> Result<(), EngineError> {
+    fn expand_rescan(
+        &mut self,
+        root: &str,
+        work: &mut BTreeSet<String>,
+    ) -> Result<(), EngineError> {
         if !root.is_empty() {
             work.insert(root.to_string());
         }
@@ -604,7 +624,9 @@ impl<T: FileTree> Engine<T> {
         };
         match live.kind {
             Kind::Symlink => return Err(unsupported(path, "symbolic link")),
-            Kind::Special => return Err(unsupported(path, "special file (fifo, socket or device)")),
+            Kind::Special => {
+                return Err(unsupported(path, "special file (fifo, socket or device)"))
+            }
             Kind::File if live.links > 1 => return Err(unsupported(path, "hard-linked file")),
             _ => {}
         }
@@ -613,7 +635,10 @@ impl<T: FileTree> Engine<T> {
                 if mode == live.mode {
                     return Ok(false);
                 }
-                ops.push(OwnedOp::SetMode { path: path.to_string(), mode: live.mode });
+                ops.push(OwnedOp::SetMode {
+                    path: path.to_string(),
+                    mode: live.mode,
+                });
                 self.spec.insert(path, Node::Dir { mode: live.mode });
                 self.overlay_touch(seq, path);
                 Ok(true)
@@ -623,7 +648,10 @@ impl<T: FileTree> Engine<T> {
                     removals.push(path.to_string());
                     self.spec.remove_tree(path);
                 }
-                ops.push(OwnedOp::Mkdir { path: path.to_string(), mode: live.mode });
+                ops.push(OwnedOp::Mkdir {
+                    path: path.to_string(),
+                    mode: live.mode,
+                });
                 self.spec.insert(path, Node::Dir { mode: live.mode });
                 self.overlay_mark_removed(seq, path);
                 // Nothing under a new directory is known: look at all of it.
@@ -632,7 +660,9 @@ impl<T: FileTree> Engine<T> {
                 }
                 Ok(true)
             }
-            (Kind::File, Some((Kind::File, _))) => self.capture_file_in_place(seq, path, live.mode, ops, stats),
+            (Kind::File, Some((Kind::File, _))) => {
+                self.capture_file_in_place(seq, path, live.mode, ops, stats)
+            }
             (Kind::File, other) => {
                 if other.is_some() {
                     removals.push(path.to_string());
@@ -680,17 +710,30 @@ impl<T: FileTree> Engine<T> {
                     (!is_zero(content)).then(|| (page, content.to_vec()))
                 })
                 .collect();
-            let runs: Vec<(u64, Vec<u8>)> = runs.into_iter().map(|(s, e)| (s as u64, bytes[s..e].to_vec())).collect();
+            let runs: Vec<(u64, Vec<u8>)> = runs
+                .into_iter()
+                .map(|(s, e)| (s as u64, bytes[s..e].to_vec()))
+                .collect();
             (node, runs, pages)
         })?;
         stats.bytes_hashed += node.size_bytes;
         stats.pages_changed += node.pages.len() as u64;
-        ops.push(OwnedOp::Create { path: path.to_string(), mode });
+        ops.push(OwnedOp::Create {
+            path: path.to_string(),
+            mode,
+        });
         if node.size_bytes > 0 {
-            ops.push(OwnedOp::SetSize { path: path.to_string(), size_bytes: node.size_bytes });
+            ops.push(OwnedOp::SetSize {
+                path: path.to_string(),
+                size_bytes: node.size_bytes,
+            });
         }
         for (offset, data) in runs {
-            ops.push(OwnedOp::Write { path: path.to_string(), offset, data });
+            ops.push(OwnedOp::Write {
+                path: path.to_string(),
+                offset,
+                data,
+            });
         }
         self.spec.insert(path, Node::File(node));
         self.overlay_mark_removed(seq, path);
@@ -711,30 +754,38 @@ impl<T: FileTree> Engine<T> {
     ) -> Result<bool, EngineError> {
         let live_path = join(LIVE_DIR, path);
         let old = self.spec.file(path).expect("caller checked").clone_meta();
-        let (new_size, new_hashes) = self.tree.with_file(&live_path, |bytes| {
-            let size = bytes.len() as u64;
-            (size, index::hash_pages(bytes, 0, index::page_count(size)))
-        })?;
-        stats.bytes_hashed += new_size;
+        // One pass over the live file: hash every page, pick the changed
+        // ones, copy their new content.
         let old_hashes = &self.spec.file(path).expect("caller checked").pages;
-        let changed: Vec<u64> = (0..new_hashes.len() as u64)
-            .filter(|&page| {
-                let i = page as usize;
-                i >= old_hashes.len()
-                    || valid_len(page, old.size_bytes) != valid_len(page, new_size)
-                    || old_hashes[i] != new_hashes[i]
-            })
-            .collect();
+        let (new_size, new_hashes, changed, new_pages) =
+            self.tree.with_file(&live_path, |bytes| {
+                let size = bytes.len() as u64;
+                let hashes = index::hash_pages(bytes, 0, index::page_count(size));
+                let changed: Vec<u64> = (0..hashes.len() as u64)
+                    .filter(|&page| {
+                        let i = page as usize;
+                        i >= old_hashes.len()
+                            || valid_len(page, old.size_bytes) != valid_len(page, size)
+                            || old_hashes[i] != hashes[i]
+                    })
+                    .collect();
+                let pages: Vec<Vec<u8>> = changed
+                    .iter()
+                    .map(|&page| bytes[page_range(page, size)].to_vec())
+                    .collect();
+                (size, hashes, changed, pages)
+            })?;
+        stats.bytes_hashed += new_size;
         if changed.is_empty() && new_size == old.size_bytes && mode == old.mode {
             return Ok(false); // A notification without a change (or a change undone).
         }
         stats.pages_changed += changed.len() as u64;
         let old_pages = self.speculative_pages(path, old.size_bytes, &changed)?;
-        let new_pages: Vec<Vec<u8>> = self.tree.with_file(&live_path, |bytes| {
-            changed.iter().map(|&page| bytes[page_range(page, new_size)].to_vec()).collect()
-        })?;
         if new_size != old.size_bytes {
-            ops.push(OwnedOp::SetSize { path: path.to_string(), size_bytes: new_size });
+            ops.push(OwnedOp::SetSize {
+                path: path.to_string(),
+                size_bytes: new_size,
+            });
         }
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for ((page, old_bytes), new_bytes) in changed.iter().zip(&old_pages).zip(&new_pages) {
@@ -750,12 +801,22 @@ impl<T: FileTree> Engine<T> {
         }
         for (s, e) in runs {
             let data = page_bytes_range(&changed, &new_pages, s, e);
-            ops.push(OwnedOp::Write { path: path.to_string(), offset: s, data });
+            ops.push(OwnedOp::Write {
+                path: path.to_string(),
+                offset: s,
+                data,
+            });
         }
         if mode != old.mode {
-            ops.push(OwnedOp::SetMode { path: path.to_string(), mode });
+            ops.push(OwnedOp::SetMode {
+                path: path.to_string(),
+                mode,
+            });
         }
-        let hash_updates: Vec<(u64, u64)> = changed.iter().map(|&p| (p, new_hashes[p as usize])).collect();
+        let hash_updates: Vec<(u64, u64)> = changed
+            .iter()
+            .map(|&p| (p, new_hashes[p as usize]))
+            .collect();
         self.spec.edit_file(path, |file| {
             file.update(new_size, &hash_updates);
             file.mode = mode;
@@ -786,9 +847,16 @@ impl<T: FileTree> Engine<T> {
     /// The previous speculative content of `pages` of `path` (a file of
     /// `size_bytes` in `spec`), per the overlay invariant. Pages at or beyond
     /// the old size come back empty.
-    fn speculative_pages(&mut self, path: &str, size_bytes: u64, pages: &[u64]) -> Result<Vec<Vec<u8>>, EngineError> {
+    fn speculative_pages(
+        &mut self,
+        path: &str,
+        size_bytes: u64,
+        pages: &[u64],
+    ) -> Result<Vec<Vec<u8>>, EngineError> {
         let overlay = self.overlay.get(path);
-        let zero_from = overlay.and_then(|o| o.zero_from).map_or(u64::MAX, |(z, _)| z);
+        let zero_from = overlay
+            .and_then(|o| o.zero_from)
+            .map_or(u64::MAX, |(z, _)| z);
         let mut out: Vec<Option<Vec<u8>>> = pages
             .iter()
             .map(|page| {
@@ -797,14 +865,19 @@ impl<T: FileTree> Engine<T> {
                     return Some(Vec::new());
                 }
                 overlay.and_then(|o| o.pages.get(page)).map(|(_, content)| {
-                    assert_eq!(content.len(), range.len(), "overlay page {page} of {path:?} has the wrong length");
+                    assert_eq!(
+                        content.len(),
+                        range.len(),
+                        "overlay page {page} of {path:?} has the wrong length"
+                    );
                     content.clone()
                 })
             })
             .collect();
         if out.iter().any(|o| o.is_none()) {
             let base_path = join(&self.base_dir, path);
-            let base_is_file = matches!(self.tree.stat(&base_path)?, Some(m) if m.kind == Kind::File);
+            let base_is_file =
+                matches!(self.tree.stat(&base_path)?, Some(m) if m.kind == Kind::File);
             let read = |bytes: &[u8], out: &mut Vec<Option<Vec<u8>>>| {
                 for (slot, page) in out.iter_mut().zip(pages) {
                     if slot.is_some() {
@@ -823,7 +896,8 @@ impl<T: FileTree> Engine<T> {
                 }
             };
             if base_is_file {
-                self.tree.with_file(&base_path, |bytes| read(bytes, &mut out))?;
+                self.tree
+                    .with_file(&base_path, |bytes| read(bytes, &mut out))?;
             } else {
                 read(&[], &mut out);
             }
@@ -874,12 +948,15 @@ impl<T: FileTree> Engine<T> {
     }
 
     fn apply_part(&mut self, index: u64, part: &[u8]) -> Result<Applied, EngineError> {
-        let (header, payload) = format::parse_part(part).map_err(|source| EngineError::Corrupt { index, source })?;
+        let (header, payload) =
+            format::parse_part(part).map_err(|source| EngineError::Corrupt { index, source })?;
         if header.part_count == 1 {
             self.abandon_staging();
             let mut check = DeltaIdCheck::new(&header);
             check.update(payload);
-            check.verify().map_err(|source| EngineError::Corrupt { index, source })?;
+            check
+                .verify()
+                .map_err(|source| EngineError::Corrupt { index, source })?;
             let parts = vec![part.to_vec()];
             let result = self.apply_whole(index, &header, PartSource::Memory(&parts));
             return self.after_storage_error(result);
@@ -902,7 +979,11 @@ impl<T: FileTree> Engine<T> {
                 id_check: DeltaIdCheck::new(&header),
             });
         }
-        let first_index = self.staging.as_ref().expect("staging set above").first_index;
+        let first_index = self
+            .staging
+            .as_ref()
+            .expect("staging set above")
+            .first_index;
         self.state_index = first_index - 1;
         if header.part_no + 1 < header.part_count {
             // Staged parts are never synced: until the last part applies, the
@@ -920,7 +1001,10 @@ impl<T: FileTree> Engine<T> {
             return Ok(Applied::Staged);
         }
         let staging = self.staging.take().expect("staging set above");
-        staging.id_check.verify().map_err(|source| EngineError::Corrupt { index, source })?;
+        staging
+            .id_check
+            .verify()
+            .map_err(|source| EngineError::Corrupt { index, source })?;
         self.state_index = first_index - 1;
         let result = self.apply_whole(index, &header, PartSource::Staged { last: part });
         let result = self.after_storage_error(result);
@@ -932,7 +1016,10 @@ impl<T: FileTree> Engine<T> {
     /// mirrored `live/`) partly written: the retry must skip the pre-state
     /// check (like a restart after a crash), and `live/` must be rebuilt by a
     /// rollback before the application runs again.
-    fn after_storage_error(&mut self, result: Result<Applied, EngineError>) -> Result<Applied, EngineError> {
+    fn after_storage_error(
+        &mut self,
+        result: Result<Applied, EngineError>,
+    ) -> Result<Applied, EngineError> {
         if matches!(result, Err(EngineError::Storage(_))) {
             self.recovering = true;
             // The in-memory index may be ahead of the disk: the next apply
@@ -946,7 +1033,12 @@ impl<T: FileTree> Engine<T> {
         result
     }
 
-    fn apply_whole(&mut self, index: u64, header: &PartHeader, parts: PartSource<'_>) -> Result<Applied, EngineError> {
+    fn apply_whole(
+        &mut self,
+        index: u64,
+        header: &PartHeader,
+        parts: PartSource<'_>,
+    ) -> Result<Applied, EngineError> {
         if self.index_stale {
             let base = self.base_dir.clone();
             self.committed = scan_tree(&mut self.tree, &base)?;
@@ -982,7 +1074,8 @@ impl<T: FileTree> Engine<T> {
         let mut touched: BTreeSet<String> = BTreeSet::new();
         for part_no in 0..count {
             let bytes = parts.get(&mut self.tree, part_no)?;
-            let (part_header, payload) = format::parse_part(&bytes).map_err(|source| EngineError::Corrupt { index, source })?;
+            let (part_header, payload) = format::parse_part(&bytes)
+                .map_err(|source| EngineError::Corrupt { index, source })?;
             if part_header.delta_id != header.delta_id || part_header.part_no as usize != part_no {
                 return Err(EngineError::Corrupt {
                     index,
@@ -1006,10 +1099,14 @@ impl<T: FileTree> Engine<T> {
         // Re-index what the delta touched, from the files as written.
         let mut sync_files: Vec<String> = Vec::new();
         for (path, effect) in effects {
-            let Some(Node::File(file)) = self.committed.get(&path) else { continue };
+            let Some(Node::File(file)) = self.committed.get(&path) else {
+                continue;
+            };
             let base_path = join(&self.base_dir, &path);
             let mode = file.mode;
-            let updates = self.tree.with_file(&base_path, |bytes| rehash_pages(bytes, &effect))?;
+            let updates = self
+                .tree
+                .with_file(&base_path, |bytes| rehash_pages(bytes, &effect))?;
             let (size, updates) = updates;
             if size != effect.cur_size {
                 return Err(EngineError::Storage(TreeError::BadPath {
@@ -1017,13 +1114,23 @@ impl<T: FileTree> Engine<T> {
                     reason: "file size after apply differs from the delta's",
                 }));
             }
-            self.committed.edit_file(&path, |f| f.update(size, &updates));
+            self.committed
+                .edit_file(&path, |f| f.update(size, &updates));
             let node = self.committed.get(&path).expect("edited").clone();
-            debug_assert_eq!(node, Node::File(FileNode::from_bytes(mode, &self.tree.with_file(&base_path, |b| b.to_vec())?)));
+            debug_assert_eq!(
+                node,
+                Node::File(FileNode::from_bytes(
+                    mode,
+                    &self.tree.with_file(&base_path, |b| b.to_vec())?
+                ))
+            );
             edits.push(IndexEdit::Set(path.clone(), node));
             sync_files.push(base_path);
         }
-        let sync_dirs: Vec<String> = sync_dirs.into_iter().map(|d| join(&self.base_dir, &d)).collect();
+        let sync_dirs: Vec<String> = sync_dirs
+            .into_iter()
+            .map(|d| join(&self.base_dir, &d))
+            .collect();
         self.tree.sync(&sync_files, &sync_dirs)?;
         let post_actual = self.committed.hash();
         if post_actual != header.post_hash {
@@ -1061,7 +1168,14 @@ impl<T: FileTree> Engine<T> {
     }
 
     /// Bookkeeping of the working copy after `base/` moved forward.
-    fn after_apply(&mut self, own: bool, mirror: bool, edits: &[IndexEdit], touched: BTreeSet<String>, header: &PartHeader) {
+    fn after_apply(
+        &mut self,
+        own: bool,
+        mirror: bool,
+        edits: &[IndexEdit],
+        touched: BTreeSet<String>,
+        header: &PartHeader,
+    ) {
         if mirror {
             for edit in edits {
                 match edit {
@@ -1071,13 +1185,22 @@ impl<T: FileTree> Engine<T> {
             }
             // Our own writes into live/ are not the application's changes.
             let _ = self.tree.take_changes();
-            assert_eq!(self.spec.hash(), self.committed.hash(), "mirror out of step");
+            assert_eq!(
+                self.spec.hash(),
+                self.committed.hash(),
+                "mirror out of step"
+            );
             return;
         }
         if own {
-            let done = self.pending.pop_front().expect("own implies a pending capture");
+            let done = self
+                .pending
+                .pop_front()
+                .expect("own implies a pending capture");
             for path in &done.paths {
-                let Some(entry) = self.overlay.get_mut(path) else { continue };
+                let Some(entry) = self.overlay.get_mut(path) else {
+                    continue;
+                };
                 if entry.tag != TAG_UNKNOWN && entry.tag <= done.seq {
                     self.overlay.remove(path);
                     continue;
@@ -1088,12 +1211,15 @@ impl<T: FileTree> Engine<T> {
                 // A page at or past a live zero-from claim must stay: without
                 // it the claim would read it as zeros.
                 let claim = entry.zero_from.map_or(u64::MAX, |(z, _)| z);
-                entry
-                    .pages
-                    .retain(|page, (tag, _)| *tag > done.seq || (page + 1) * PAGE_BYTES as u64 > claim);
+                entry.pages.retain(|page, (tag, _)| {
+                    *tag > done.seq || (page + 1) * PAGE_BYTES as u64 > claim
+                });
             }
             if self.pending.is_empty() && self.mode == Mode::Speculative {
-                assert!(self.overlay.is_empty(), "overlay left after the last pending capture applied");
+                assert!(
+                    self.overlay.is_empty(),
+                    "overlay left after the last pending capture applied"
+                );
                 assert_eq!(self.spec.hash(), self.committed.hash());
                 self.mode = Mode::Mirrored;
             }
@@ -1119,7 +1245,9 @@ impl<T: FileTree> Engine<T> {
         sync_dirs: &mut BTreeSet<String>,
     ) {
         let path = op.path();
-        let ensure_file = |committed: &mut StateIndex, edits: &mut Vec<IndexEdit>, sync_dirs: &mut BTreeSet<String>| {
+        let ensure_file = |committed: &mut StateIndex,
+                           edits: &mut Vec<IndexEdit>,
+                           sync_dirs: &mut BTreeSet<String>| {
             if committed.file(path).is_none() {
                 committed.remove_tree(path);
                 edits.push(IndexEdit::RemoveTree(path.to_string()));
@@ -1200,7 +1328,12 @@ impl<T: FileTree> Engine<T> {
     }
 
     /// Lenient application creates missing parents; index them too.
-    fn ensure_parents_indexed(&mut self, path: &str, edits: &mut Vec<IndexEdit>, sync_dirs: &mut BTreeSet<String>) {
+    fn ensure_parents_indexed(
+        &mut self,
+        path: &str,
+        edits: &mut Vec<IndexEdit>,
+        sync_dirs: &mut BTreeSet<String>,
+    ) {
         let mut missing = Vec::new();
         let mut dir = parent(path);
         while !dir.is_empty() && !matches!(self.committed.get(dir), Some(Node::Dir { .. })) {
@@ -1268,14 +1401,23 @@ impl<T: FileTree> Engine<T> {
         self.overlay.clear();
         self.pending.clear();
         let _ = self.tree.take_changes()?;
-        assert_eq!(self.spec.hash(), self.committed.hash(), "rollback left the working copy index out of step");
+        assert_eq!(
+            self.spec.hash(),
+            self.committed.hash(),
+            "rollback left the working copy index out of step"
+        );
         self.mode = Mode::Mirrored;
         Ok(stats)
     }
 
     /// Makes `live/path` equal to `base/path` (recursively when `deep` or
     /// when the kinds differ).
-    fn revert_path(&mut self, path: &str, deep: bool, stats: &mut RollbackStats) -> Result<(), EngineError> {
+    fn revert_path(
+        &mut self,
+        path: &str,
+        deep: bool,
+        stats: &mut RollbackStats,
+    ) -> Result<(), EngineError> {
         stats.paths += 1;
         let live_path = join(LIVE_DIR, path);
         let base_path = join(&self.base_dir, path);
@@ -1298,8 +1440,12 @@ impl<T: FileTree> Engine<T> {
                         self.tree.set_mode(&live_path, mode)?;
                     }
                     if deep {
-                        let mut children: BTreeSet<String> =
-                            self.tree.list(&live_path)?.into_iter().map(|n| join(path, &n)).collect();
+                        let mut children: BTreeSet<String> = self
+                            .tree
+                            .list(&live_path)?
+                            .into_iter()
+                            .map(|n| join(path, &n))
+                            .collect();
                         children.extend(
                             self.committed
                                 .descendants(path)
@@ -1332,7 +1478,12 @@ impl<T: FileTree> Engine<T> {
         Ok(())
     }
 
-    fn revert_file_in_place(&mut self, path: &str, file: &FileNode, stats: &mut RollbackStats) -> Result<(), EngineError> {
+    fn revert_file_in_place(
+        &mut self,
+        path: &str,
+        file: &FileNode,
+        stats: &mut RollbackStats,
+    ) -> Result<(), EngineError> {
         let live_path = join(LIVE_DIR, path);
         let base_path = join(&self.base_dir, path);
         let overlay = self.overlay.get(path).expect("checked by caller");
@@ -1354,7 +1505,9 @@ impl<T: FileTree> Engine<T> {
         }
         ranges.sort_unstable();
         for (start, end) in ranges {
-            let data = self.tree.with_file(&base_path, |bytes| bytes[start as usize..end as usize].to_vec())?;
+            let data = self.tree.with_file(&base_path, |bytes| {
+                bytes[start as usize..end as usize].to_vec()
+            })?;
             self.tree.write_at(&live_path, start, &data)?;
             stats.bytes_copied += data.len() as u64;
         }
@@ -1367,7 +1520,9 @@ impl<T: FileTree> Engine<T> {
     fn ensure_live_parents(&mut self, path: &str) -> Result<(), EngineError> {
         let mut missing = Vec::new();
         let mut dir = parent(path);
-        while !dir.is_empty() && !matches!(self.tree.stat(&join(LIVE_DIR, dir))?, Some(m) if m.kind == Kind::Dir) {
+        while !dir.is_empty()
+            && !matches!(self.tree.stat(&join(LIVE_DIR, dir))?, Some(m) if m.kind == Kind::Dir)
+        {
             missing.push(dir.to_string());
             dir = parent(dir);
         }
@@ -1387,7 +1542,11 @@ impl<T: FileTree> Engine<T> {
     }
 
     /// Copies `base/path` (a directory) and everything under it into `live/`.
-    fn copy_subtree_to_live(&mut self, path: &str, stats: &mut RollbackStats) -> Result<(), EngineError> {
+    fn copy_subtree_to_live(
+        &mut self,
+        path: &str,
+        stats: &mut RollbackStats,
+    ) -> Result<(), EngineError> {
         let entries: Vec<(String, Node)> = self
             .committed
             .subtree_paths(path)
@@ -1419,12 +1578,18 @@ impl<T: FileTree> Engine<T> {
         remove_recursive(&mut self.tree, LIVE_DIR)?;
         self.tree.mkdir(LIVE_DIR, 0o755)?;
         let mut stats = RollbackStats::default();
-        let tops: Vec<String> = self.committed.iter().filter(|(p, _)| !p.contains('/')).map(|(p, _)| p.clone()).collect();
+        let tops: Vec<String> = self
+            .committed
+            .iter()
+            .filter(|(p, _)| !p.contains('/'))
+            .map(|(p, _)| p.clone())
+            .collect();
         for top in tops {
             match self.committed.get(&top) {
                 Some(Node::Dir { .. }) => self.copy_subtree_to_live(&top, &mut stats)?,
                 Some(Node::File(_)) => {
-                    self.tree.copy_file(&join(&self.base_dir, &top), &join(LIVE_DIR, &top))?;
+                    self.tree
+                        .copy_file(&join(&self.base_dir, &top), &join(LIVE_DIR, &top))?;
                 }
                 None => unreachable!("listed"),
             }
@@ -1441,7 +1606,12 @@ impl<T: FileTree> Engine<T> {
 
     /// Installs a new committed directory (snapshot install): the caller has
     /// synced it and written `meta`; this switches the in-memory state.
-    pub(crate) fn switch_base(&mut self, gen: u64, index: u64, committed: StateIndex) -> Result<(), EngineError> {
+    pub(crate) fn switch_base(
+        &mut self,
+        gen: u64,
+        index: u64,
+        committed: StateIndex,
+    ) -> Result<(), EngineError> {
         let old = std::mem::replace(&mut self.base_dir, base_dir_name(gen));
         self.gen = gen;
         self.committed = committed;
@@ -1467,7 +1637,9 @@ pub struct RollbackStats {
 enum PartSource<'a> {
     Memory(&'a [Vec<u8>]),
     /// Parts `0..n-1` in `stage/`, the last one in memory.
-    Staged { last: &'a [u8] },
+    Staged {
+        last: &'a [u8],
+    },
 }
 
 impl PartSource<'_> {
@@ -1481,7 +1653,11 @@ impl PartSource<'_> {
         }
     }
 
-    fn get<T: FileTree>(&self, tree: &mut T, part_no: usize) -> Result<std::borrow::Cow<'_, [u8]>, TreeError> {
+    fn get<T: FileTree>(
+        &self,
+        tree: &mut T,
+        part_no: usize,
+    ) -> Result<std::borrow::Cow<'_, [u8]>, TreeError> {
         match self {
             PartSource::Memory(parts) => Ok(std::borrow::Cow::Borrowed(&parts[part_no])),
             PartSource::Staged { last } => {
@@ -1489,7 +1665,9 @@ impl PartSource<'_> {
                     return Ok(std::borrow::Cow::Borrowed(last));
                 }
                 let path = join(STAGE_DIR, &part_no.to_string());
-                Ok(std::borrow::Cow::Owned(tree.with_file(&path, |b| b.to_vec())?))
+                Ok(std::borrow::Cow::Owned(
+                    tree.with_file(&path, |b| b.to_vec())?,
+                ))
             }
         }
     }
@@ -1498,11 +1676,27 @@ impl PartSource<'_> {
 /// An operation with owned data, collected during capture before encoding.
 #[derive(Debug)]
 enum OwnedOp {
-    Mkdir { path: String, mode: u32 },
-    Create { path: String, mode: u32 },
-    SetSize { path: String, size_bytes: u64 },
-    Write { path: String, offset: u64, data: Vec<u8> },
-    SetMode { path: String, mode: u32 },
+    Mkdir {
+        path: String,
+        mode: u32,
+    },
+    Create {
+        path: String,
+        mode: u32,
+    },
+    SetSize {
+        path: String,
+        size_bytes: u64,
+    },
+    Write {
+        path: String,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    SetMode {
+        path: String,
+        mode: u32,
+    },
 }
 
 impl OwnedOp {
@@ -1510,8 +1704,15 @@ impl OwnedOp {
         match self {
             OwnedOp::Mkdir { path, mode } => Op::Mkdir { path, mode: *mode },
             OwnedOp::Create { path, mode } => Op::Create { path, mode: *mode },
-            OwnedOp::SetSize { path, size_bytes } => Op::SetSize { path, size_bytes: *size_bytes },
-            OwnedOp::Write { path, offset, data } => Op::Write { path, offset: *offset, data },
+            OwnedOp::SetSize { path, size_bytes } => Op::SetSize {
+                path,
+                size_bytes: *size_bytes,
+            },
+            OwnedOp::Write { path, offset, data } => Op::Write {
+                path,
+                offset: *offset,
+                data,
+            },
             OwnedOp::SetMode { path, mode } => Op::SetMode { path, mode: *mode },
         }
     }
@@ -1560,7 +1761,11 @@ impl FileNodeExt for FileNode {
     }
 }
 
-fn effect_for<'a>(committed: &StateIndex, effects: &'a mut BTreeMap<String, FileEffect>, path: &str) -> &'a mut FileEffect {
+fn effect_for<'a>(
+    committed: &StateIndex,
+    effects: &'a mut BTreeMap<String, FileEffect>,
+    path: &str,
+) -> &'a mut FileEffect {
     effects.entry(path.to_string()).or_insert_with(|| {
         let size = committed.file(path).map_or(0, |f| f.size_bytes);
         FileEffect {
@@ -1579,7 +1784,12 @@ fn rehash_pages(bytes: &[u8], effect: &FileEffect) -> (u64, Vec<(u64, u64)>) {
     let size = bytes.len() as u64;
     let count = index::page_count(size);
     let zero_hash = index::zero_page_hash();
-    let mut pages: BTreeSet<u64> = effect.written_pages.iter().copied().filter(|&p| p < count).collect();
+    let mut pages: BTreeSet<u64> = effect
+        .written_pages
+        .iter()
+        .copied()
+        .filter(|&p| p < count)
+        .collect();
     let first_reset = effect.zero_from / PAGE_BYTES as u64;
     let mut out = Vec::new();
     for page in first_reset..count {
@@ -1598,7 +1808,11 @@ fn rehash_pages(bytes: &[u8], effect: &FileEffect) -> (u64, Vec<(u64, u64)>) {
 }
 
 /// Applies one operation under `root`, leniently (see the format docs).
-pub(crate) fn apply_op<T: FileTree>(tree: &mut T, root: &str, op: &Op<'_>) -> Result<(), TreeError> {
+pub(crate) fn apply_op<T: FileTree>(
+    tree: &mut T,
+    root: &str,
+    op: &Op<'_>,
+) -> Result<(), TreeError> {
     let path = join(root, op.path());
     match *op {
         Op::Remove { .. } => remove_recursive(tree, &path),
@@ -1698,18 +1912,23 @@ pub(crate) fn scan_tree<T: FileTree>(tree: &mut T, root: &str) -> Result<StateIn
             let rel = join(&dir, &name);
             check_name(&rel)?;
             let full = join(root, &rel);
-            let Some(meta) = tree.stat(&full)? else { continue };
+            let Some(meta) = tree.stat(&full)? else {
+                continue;
+            };
             match meta.kind {
                 Kind::Dir => {
                     index.insert(&rel, Node::Dir { mode: meta.mode });
                     stack.push(rel);
                 }
                 Kind::File => {
-                    let node = tree.with_file(&full, |bytes| FileNode::from_bytes(meta.mode, bytes))?;
+                    let node =
+                        tree.with_file(&full, |bytes| FileNode::from_bytes(meta.mode, bytes))?;
                     index.insert(&rel, Node::File(node));
                 }
                 Kind::Symlink => return Err(unsupported(&rel, "symbolic link")),
-                Kind::Special => return Err(unsupported(&rel, "special file (fifo, socket or device)")),
+                Kind::Special => {
+                    return Err(unsupported(&rel, "special file (fifo, socket or device)"))
+                }
             }
         }
     }
@@ -1763,7 +1982,8 @@ pub(crate) fn base_dir_name(gen: u64) -> String {
 }
 
 fn check_name(path: &str) -> Result<(), EngineError> {
-    super::tree::check_rel_path(path).map_err(|_| unsupported(path, "file name (not a clean UTF-8 relative path)"))
+    super::tree::check_rel_path(path)
+        .map_err(|_| unsupported(path, "file name (not a clean UTF-8 relative path)"))
 }
 
 fn unsupported(path: &str, what: &'static str) -> EngineError {
@@ -1873,7 +2093,9 @@ fn page_bytes_range(pages: &[u64], contents: &[Vec<u8>], s: u64, e: u64) -> Vec<
     let mut at = s;
     while at < e {
         let page = at / PAGE_BYTES as u64;
-        let i = pages.binary_search(&page).expect("run bytes come from changed pages");
+        let i = pages
+            .binary_search(&page)
+            .expect("run bytes come from changed pages");
         let page_start = page * PAGE_BYTES as u64;
         let from = (at - page_start) as usize;
         let to = ((e - page_start) as usize).min(contents[i].len());

@@ -58,12 +58,30 @@ const TAG_SETMODE: u8 = 7;
 /// One idempotent operation on a path (relative to the data directory).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op<'a> {
-    Remove { path: &'a str },
-    Mkdir { path: &'a str, mode: u32 },
-    Create { path: &'a str, mode: u32 },
-    SetSize { path: &'a str, size_bytes: u64 },
-    Write { path: &'a str, offset: u64, data: &'a [u8] },
-    SetMode { path: &'a str, mode: u32 },
+    Remove {
+        path: &'a str,
+    },
+    Mkdir {
+        path: &'a str,
+        mode: u32,
+    },
+    Create {
+        path: &'a str,
+        mode: u32,
+    },
+    SetSize {
+        path: &'a str,
+        size_bytes: u64,
+    },
+    Write {
+        path: &'a str,
+        offset: u64,
+        data: &'a [u8],
+    },
+    SetMode {
+        path: &'a str,
+        mode: u32,
+    },
 }
 
 impl<'a> Op<'a> {
@@ -319,16 +337,24 @@ impl Encoder {
     fn reserve(&mut self, path: &str, needed: usize) {
         let path_record = 3 + path.len();
         let fits = |enc: &Encoder| {
-            let path_cost = if enc.current_path.as_deref() == Some(path) { 0 } else { path_record };
+            let path_cost = if enc.current_path.as_deref() == Some(path) {
+                0
+            } else {
+                path_record
+            };
             path_cost + needed <= enc.room()
         };
         if !fits(self) {
             self.close_part();
         }
-        assert!(fits(self), "record of {needed} bytes cannot fit an empty part");
+        assert!(
+            fits(self),
+            "record of {needed} bytes cannot fit an empty part"
+        );
         if self.current_path.as_deref() != Some(path) {
             self.current.push(TAG_PATH);
-            self.current.extend_from_slice(&(path.len() as u16).to_le_bytes());
+            self.current
+                .extend_from_slice(&(path.len() as u16).to_le_bytes());
             self.current.extend_from_slice(path.as_bytes());
             self.current_path = Some(path.to_string());
         }
@@ -371,7 +397,11 @@ impl Encoder {
         while done < data.len() {
             let left = data.len() - done;
             // Use what is left of this part if it holds a useful piece.
-            let path_cost = if self.current_path.as_deref() == Some(path) { 0 } else { 3 + path.len() };
+            let path_cost = if self.current_path.as_deref() == Some(path) {
+                0
+            } else {
+                3 + path.len()
+            };
             let room = self.room().saturating_sub(path_cost + WRITE_HEADER);
             let take = if room >= left || room >= SPLIT_MIN {
                 left.min(room)
@@ -381,7 +411,8 @@ impl Encoder {
             };
             self.reserve(path, WRITE_HEADER + take);
             self.current.push(TAG_WRITE);
-            self.current.extend_from_slice(&(offset + done as u64).to_le_bytes());
+            self.current
+                .extend_from_slice(&(offset + done as u64).to_le_bytes());
             self.current.extend_from_slice(&(take as u32).to_le_bytes());
             self.current.extend_from_slice(&data[done..done + take]);
             done += take;
@@ -403,7 +434,11 @@ impl Encoder {
     }
 
     /// Closes the delta: returns its parts (at least one) and counters.
-    pub fn finish(mut self, pre_hash: StateHash, post_hash: StateHash) -> (Vec<Vec<u8>>, u128, EncodedStats) {
+    pub fn finish(
+        mut self,
+        pre_hash: StateHash,
+        post_hash: StateHash,
+    ) -> (Vec<Vec<u8>>, u128, EncodedStats) {
         if !self.current.is_empty() || self.payloads.is_empty() {
             self.close_part();
         }
@@ -506,9 +541,13 @@ pub fn decode_all(parts: &[&[u8]]) -> Result<(PartHeader, Vec<Op<'static>>), Dec
             || header.delta_id != expected.delta_id
             || header.part_count as usize != parts.len()
         {
-            return Err(DecodeError::BadHeader("parts out of order or from different deltas"));
+            return Err(DecodeError::BadHeader(
+                "parts out of order or from different deltas",
+            ));
         }
-        check.get_or_insert_with(|| DeltaIdCheck::new(&header)).update(payload);
+        check
+            .get_or_insert_with(|| DeltaIdCheck::new(&header))
+            .update(payload);
         for op in OpIter::new(payload) {
             ops.push(leak_op(op?));
         }
@@ -605,11 +644,27 @@ mod tests {
         let big = vec![0xAB; 100_000];
         let ops = vec![
             Op::Remove { path: "old" },
-            Op::Mkdir { path: "d", mode: 0o755 },
-            Op::Create { path: "d/f", mode: 0o600 },
-            Op::SetSize { path: "d/f", size_bytes: 200_000 },
-            Op::Write { path: "d/f", offset: 7, data: &big },
-            Op::SetMode { path: "d/f", mode: 0o640 },
+            Op::Mkdir {
+                path: "d",
+                mode: 0o755,
+            },
+            Op::Create {
+                path: "d/f",
+                mode: 0o600,
+            },
+            Op::SetSize {
+                path: "d/f",
+                size_bytes: 200_000,
+            },
+            Op::Write {
+                path: "d/f",
+                offset: 7,
+                data: &big,
+            },
+            Op::SetMode {
+                path: "d/f",
+                mode: 0o640,
+            },
         ];
         for max in [PART_BYTES_MIN, 1 << 20] {
             let mut enc = Encoder::new(max);
@@ -642,7 +697,10 @@ mod tests {
     #[test]
     fn corruption_is_detected() {
         let mut enc = Encoder::new(PART_BYTES_MIN);
-        enc.push(&Op::Create { path: "f", mode: 0o644 });
+        enc.push(&Op::Create {
+            path: "f",
+            mode: 0o644,
+        });
         let (parts, _, _) = enc.finish(0, 9);
         let good = &parts[0];
         assert!(validate_part(good).is_ok());

@@ -53,10 +53,9 @@ impl FileNode {
     /// Builds the node of a file whose bytes are `data`.
     pub fn from_bytes(mode: u32, data: &[u8]) -> FileNode {
         let pages = hash_pages(data, 0, page_count(data.len() as u64));
-        let content = pages
-            .iter()
-            .enumerate()
-            .fold(0u128, |sum, (i, hash)| sum.wrapping_add(page_term(i as u64, *hash)));
+        let content = pages.iter().enumerate().fold(0u128, |sum, (i, hash)| {
+            sum.wrapping_add(page_term(i as u64, *hash))
+        });
         FileNode {
             mode,
             size_bytes: data.len() as u64,
@@ -74,7 +73,9 @@ impl FileNode {
         let count_old = self.pages.len();
         while self.pages.len() > count_new {
             let i = self.pages.len() - 1;
-            self.content = self.content.wrapping_sub(page_term(i as u64, self.pages[i]));
+            self.content = self
+                .content
+                .wrapping_sub(page_term(i as u64, self.pages[i]));
             self.pages.pop();
         }
         // Extension pages start unset; each must be listed in `changed`.
@@ -102,7 +103,7 @@ impl FileNode {
 
 /// Placeholder for an extension page not yet hashed (never a real hash in
 /// practice; the assertion in `update` catches a caller that forgot one).
-const UNSET_PAGE: u64 = 0x5EED_0F_DEAD_BEEF;
+const UNSET_PAGE: u64 = 0x005E_ED0F_DEAD_BEEF;
 
 /// Number of pages of a file of `size_bytes`.
 pub fn page_count(size_bytes: u64) -> u64 {
@@ -115,7 +116,11 @@ pub fn hash_pages(data: &[u8], first: u64, count: u64) -> Vec<u64> {
         .map(|page| {
             let start = (page as usize) * PAGE_BYTES;
             let end = (start + PAGE_BYTES).min(data.len());
-            assert!(start < end, "page {page} outside a file of {} bytes", data.len());
+            assert!(
+                start < end,
+                "page {page} outside a file of {} bytes",
+                data.len()
+            );
             xxh3_64(&data[start..end])
         })
         .collect()
@@ -209,7 +214,10 @@ impl StateIndex {
     /// Edits file `path` in place through `f` (which must keep it a file),
     /// keeping the state hash in step.
     pub fn edit_file(&mut self, path: &str, f: impl FnOnce(&mut FileNode)) {
-        let node = self.nodes.get_mut(path).expect("edit_file on a missing path");
+        let node = self
+            .nodes
+            .get_mut(path)
+            .expect("edit_file on a missing path");
         self.hash = self.hash.wrapping_sub(entry_hash(path, node));
         match node {
             Node::File(file) => f(file),
@@ -229,7 +237,10 @@ impl StateIndex {
     }
 
     /// Everything strictly under `dir` (`""` = everything), sorted.
-    pub fn descendants<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a String, &'a Node)> + 'a {
+    pub fn descendants<'a>(
+        &'a self,
+        dir: &str,
+    ) -> impl Iterator<Item = (&'a String, &'a Node)> + 'a {
         let (low, high) = if dir.is_empty() {
             (String::new(), None)
         } else {
@@ -259,9 +270,9 @@ impl StateIndex {
 
     /// Recomputes the state hash from scratch (for assertions and tests).
     pub fn recompute_hash(&self) -> StateHash {
-        self.nodes
-            .iter()
-            .fold(0u128, |sum, (path, node)| sum.wrapping_add(entry_hash(path, node)))
+        self.nodes.iter().fold(0u128, |sum, (path, node)| {
+            sum.wrapping_add(entry_hash(path, node))
+        })
     }
 }
 
@@ -283,7 +294,10 @@ mod tests {
         data2.truncate(2 * PAGE_BYTES + 1);
         let fresh = FileNode::from_bytes(0o644, &data2);
         index.edit_file("d/f", |file| {
-            let changed = [(1, hash_pages(&data2, 1, 1)[0]), (2, hash_pages(&data2, 2, 1)[0])];
+            let changed = [
+                (1, hash_pages(&data2, 1, 1)[0]),
+                (2, hash_pages(&data2, 2, 1)[0]),
+            ];
             file.update(data2.len() as u64, &changed);
         });
         assert_eq!(index.file("d/f"), Some(&fresh));

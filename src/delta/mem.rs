@@ -24,7 +24,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::tree::{check_rel_path, is_under, join, parent, Changes, FileTree, Kind, Meta, TreeError};
+use super::tree::{
+    check_rel_path, is_under, join, parent, Changes, FileTree, Kind, Meta, TreeError,
+};
 
 type Ino = u64;
 const ROOT: Ino = 0;
@@ -38,7 +40,10 @@ struct State {
 
 #[derive(Clone, Debug)]
 enum Mutation {
-    Write { offset: u64, data: Vec<u8> },
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+    },
     SetLen(u64),
     Mode(u32),
     /// Sets (Some) or removes (None) a directory entry; `group` ties the two
@@ -120,16 +125,18 @@ impl MemTree {
             let mut state = inode.durable.clone();
             for mutation in std::mem::take(&mut inode.unsynced) {
                 let keep = match &mutation {
-                    Mutation::Entry { group: Some(g), .. } => {
-                        *group_kept.entry(*g).or_insert_with(|| self.rng.gen_bool(0.5))
-                    }
+                    Mutation::Entry { group: Some(g), .. } => *group_kept
+                        .entry(*g)
+                        .or_insert_with(|| self.rng.gen_bool(0.5)),
                     _ => self.rng.gen_bool(0.5),
                 };
                 if !keep {
                     continue;
                 }
                 let mutation = match mutation {
-                    Mutation::Write { offset, data } if data.len() > 1 && self.rng.gen_bool(0.25) => {
+                    Mutation::Write { offset, data }
+                        if data.len() > 1 && self.rng.gen_bool(0.25) =>
+                    {
                         let torn_len = self.rng.gen_range(1..data.len());
                         Mutation::Write {
                             offset,
@@ -170,8 +177,14 @@ impl MemTree {
         // Entries pointing at inodes that never existed durably are dropped too.
         let live: HashSet<Ino> = self.inodes.keys().copied().collect();
         for inode in self.inodes.values_mut() {
-            inode.current.entries.retain(|_, child| live.contains(child));
-            inode.durable.entries.retain(|_, child| live.contains(child));
+            inode
+                .current
+                .entries
+                .retain(|_, child| live.contains(child));
+            inode
+                .durable
+                .entries
+                .retain(|_, child| live.contains(child));
         }
     }
 
@@ -217,7 +230,11 @@ impl MemTree {
             Some(ino) if self.inodes[&ino].is_dir == want_dir => Ok(ino),
             Some(_) => Err(TreeError::BadPath {
                 path: path.to_string(),
-                reason: if want_dir { "not a directory" } else { "not a regular file" },
+                reason: if want_dir {
+                    "not a directory"
+                } else {
+                    "not a regular file"
+                },
             }),
             None => Err(TreeError::NotFound(path.to_string())),
         }
@@ -252,10 +269,22 @@ impl MemTree {
         ino
     }
 
-    fn set_entry(&mut self, path: &str, target: Option<Ino>, group: Option<u64>) -> Result<(), TreeError> {
+    fn set_entry(
+        &mut self,
+        path: &str,
+        target: Option<Ino>,
+        group: Option<u64>,
+    ) -> Result<(), TreeError> {
         let dir = self.lookup_kind(parent(path), true)?;
         let name = path.rsplit('/').next().unwrap_or(path).to_string();
-        self.mutate(dir, Mutation::Entry { name, target, group });
+        self.mutate(
+            dir,
+            Mutation::Entry {
+                name,
+                target,
+                group,
+            },
+        );
         Ok(())
     }
 }
@@ -315,7 +344,11 @@ impl FileTree for MemTree {
             Meta {
                 kind: if inode.is_dir { Kind::Dir } else { Kind::File },
                 mode: inode.current.mode,
-                size_bytes: if inode.is_dir { 0 } else { inode.current.data.len() as u64 },
+                size_bytes: if inode.is_dir {
+                    0
+                } else {
+                    inode.current.data.len() as u64
+                },
                 links: 1,
             }
         }))
@@ -378,7 +411,9 @@ impl FileTree for MemTree {
 
     fn set_mode(&mut self, path: &str, mode: u32) -> Result<(), TreeError> {
         check_path_or_root(path)?;
-        let ino = self.lookup(path).ok_or_else(|| TreeError::NotFound(path.to_string()))?;
+        let ino = self
+            .lookup(path)
+            .ok_or_else(|| TreeError::NotFound(path.to_string()))?;
         self.step()?;
         self.mutate(ino, Mutation::Mode(mode & 0o7777));
         self.record_change(path, false);
@@ -445,7 +480,9 @@ impl FileTree for MemTree {
     fn rename(&mut self, from: &str, to: &str) -> Result<(), TreeError> {
         check_rel_path(from)?;
         check_rel_path(to)?;
-        let ino = self.lookup(from).ok_or_else(|| TreeError::NotFound(from.to_string()))?;
+        let ino = self
+            .lookup(from)
+            .ok_or_else(|| TreeError::NotFound(from.to_string()))?;
         let is_dir = self.inodes[&ino].is_dir;
         if is_under(to, from) {
             return Err(TreeError::BadPath {
@@ -528,7 +565,9 @@ pub fn listing<T: FileTree>(tree: &mut T, root: &str) -> Result<Listing, TreeErr
         for name in tree.list(&join(root, &rel))? {
             let child_rel = join(&rel, &name);
             let child = join(root, &child_rel);
-            let Some(meta) = tree.stat(&child)? else { continue };
+            let Some(meta) = tree.stat(&child)? else {
+                continue;
+            };
             match meta.kind {
                 Kind::Dir => {
                     out.insert(child_rel.clone(), (true, meta.mode, Vec::new()));
@@ -556,7 +595,8 @@ mod tests {
             tree.mkdir("d", 0o755).unwrap();
             tree.create_file("d/f", 0o644).unwrap();
             tree.write_at("d/f", 0, b"durable").unwrap();
-            tree.sync(&["d/f".into()], &["".into(), "d".into()]).unwrap();
+            tree.sync(&["d/f".into()], &["".into(), "d".into()])
+                .unwrap();
             tree.write_at("d/f", 0, b"LOST?").unwrap();
             tree.crash();
             let data = tree.with_file("d/f", |b| b.to_vec()).unwrap();
@@ -587,7 +627,10 @@ mod tests {
         let mut tree = MemTree::new(1);
         tree.crash_after_ops(1);
         tree.create_file("a", 0o644).unwrap();
-        assert!(matches!(tree.create_file("b", 0o644), Err(TreeError::Crashed)));
+        assert!(matches!(
+            tree.create_file("b", 0o644),
+            Err(TreeError::Crashed)
+        ));
         assert!(matches!(tree.stat("a"), Err(TreeError::Crashed)));
         tree.crash();
         assert!(tree.stat("b").unwrap().is_none());

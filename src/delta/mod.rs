@@ -26,8 +26,8 @@ pub mod snapshot;
 pub mod tree;
 
 pub use engine::{
-    Applied, CaptureStats, Captured, Engine, EngineConfig, EngineError, Mode, OpenReport, RollbackStats, Status,
-    LIVE_DIR,
+    Applied, CaptureStats, Captured, Engine, EngineConfig, EngineError, Mode, OpenReport,
+    RollbackStats, Status, LIVE_DIR,
 };
 pub use index::{StateHash, PAGE_BYTES};
 pub use mem::MemTree;

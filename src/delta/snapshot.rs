@@ -40,7 +40,9 @@
 
 use xxhash_rust::xxh3::Xxh3;
 
-use super::engine::{apply_op, base_dir_name, remove_recursive, scan_tree, Engine, EngineError, Journal};
+use super::engine::{
+    apply_op, base_dir_name, remove_recursive, scan_tree, Engine, EngineError, Journal,
+};
 use super::format::{self, DecodeError, Encoder, Op, OpIter, HEADER_BYTES};
 use super::index::{Node, StateHash, PAGE_BYTES};
 use super::meta::{self, MetaRecord};
@@ -125,7 +127,9 @@ impl<T: FileTree> Engine<T> {
             return Err(EngineError::IsDiverged { index });
         }
         if self.recovering {
-            return Err(EngineError::Snapshot("committed state not verified since restart".into()));
+            return Err(EngineError::Snapshot(
+                "committed state not verified since restart".into(),
+            ));
         }
         let previous = self.journal.as_ref().map_or(0, |j| j.snapshot_id);
         let mut hasher = Xxh3::new();
@@ -151,19 +155,30 @@ impl<T: FileTree> Engine<T> {
             start_index: self.state_index,
             entries,
             positions: Vec::new(),
-            cursor: Pos::Data { entry: 0, offset: 0 },
+            cursor: Pos::Data {
+                entry: 0,
+                offset: 0,
+            },
         })
     }
 
     /// Stops recording the journal for `source`.
     pub fn snapshot_end(&mut self, source: SnapshotSource) {
-        if self.journal.as_ref().is_some_and(|j| j.snapshot_id == source.id) {
+        if self
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.snapshot_id == source.id)
+        {
             self.journal = None;
         }
     }
 
     /// Makes the next chunk of `source` be chunk `seq` again (resume).
-    pub fn snapshot_rewind(&mut self, source: &mut SnapshotSource, seq: u64) -> Result<(), EngineError> {
+    pub fn snapshot_rewind(
+        &mut self,
+        source: &mut SnapshotSource,
+        seq: u64,
+    ) -> Result<(), EngineError> {
         let seq = seq as usize;
         if seq > source.positions.len() {
             return Err(EngineError::Snapshot(format!(
@@ -179,13 +194,22 @@ impl<T: FileTree> Engine<T> {
     }
 
     /// The next chunk of `source`, or `None` after END.
-    pub fn snapshot_next(&mut self, source: &mut SnapshotSource) -> Result<Option<Vec<u8>>, EngineError> {
+    pub fn snapshot_next(
+        &mut self,
+        source: &mut SnapshotSource,
+    ) -> Result<Option<Vec<u8>>, EngineError> {
         match &self.journal {
             Some(j) if j.snapshot_id == source.id && !j.overflowed => {}
             Some(j) if j.snapshot_id == source.id => {
-                return Err(EngineError::Snapshot("journal grew past its bound; start again".into()))
+                return Err(EngineError::Snapshot(
+                    "journal grew past its bound; start again".into(),
+                ))
             }
-            _ => return Err(EngineError::Snapshot("snapshot source replaced or ended".into())),
+            _ => {
+                return Err(EngineError::Snapshot(
+                    "snapshot source replaced or ended".into(),
+                ))
+            }
         }
         let seq = source.positions.len() as u64;
         let start = source.cursor;
@@ -205,9 +229,15 @@ impl<T: FileTree> Engine<T> {
                     let parts = &journal.entries[entry].1;
                     let chunk = seal_chunk(source.id, seq, KIND_REPLAY, &parts[part]);
                     source.cursor = if part + 1 < parts.len() {
-                        Pos::Replay { entry, part: part + 1 }
+                        Pos::Replay {
+                            entry,
+                            part: part + 1,
+                        }
                     } else {
-                        Pos::Replay { entry: entry + 1, part: 0 }
+                        Pos::Replay {
+                            entry: entry + 1,
+                            part: 0,
+                        }
                     };
                     chunk
                 } else {
@@ -236,7 +266,10 @@ impl<T: FileTree> Engine<T> {
                 break;
             }
             let base_path = join(&self.base_dir, &path);
-            let next_entry = Pos::Data { entry: entry + 1, offset: 0 };
+            let next_entry = Pos::Data {
+                entry: entry + 1,
+                offset: 0,
+            };
             if let Some(mode) = dir_mode {
                 encoder.push(&Op::Mkdir { path: &path, mode });
                 source.cursor = next_entry;
@@ -252,18 +285,33 @@ impl<T: FileTree> Engine<T> {
                 }
             };
             if offset == 0 {
-                encoder.push(&Op::Create { path: &path, mode: file_mode });
-                encoder.push(&Op::SetSize { path: &path, size_bytes: size });
+                encoder.push(&Op::Create {
+                    path: &path,
+                    mode: file_mode,
+                });
+                encoder.push(&Op::SetSize {
+                    path: &path,
+                    size_bytes: size,
+                });
             }
             let room = limit.saturating_sub(encoder.current_bytes() + 3 + path.len() + 32);
-            let (next_offset, runs) = self.tree.with_file(&base_path, |bytes| copy_runs(bytes, offset, room))?;
+            let (next_offset, runs) = self
+                .tree
+                .with_file(&base_path, |bytes| copy_runs(bytes, offset, room))?;
             for (at, data) in &runs {
-                encoder.push(&Op::Write { path: &path, offset: *at, data });
+                encoder.push(&Op::Write {
+                    path: &path,
+                    offset: *at,
+                    data,
+                });
             }
             source.cursor = if next_offset >= size {
                 next_entry
             } else {
-                Pos::Data { entry, offset: next_offset }
+                Pos::Data {
+                    entry,
+                    offset: next_offset,
+                }
             };
         }
         let mut payloads = encoder.into_payloads();
@@ -288,14 +336,24 @@ impl<T: FileTree> Engine<T> {
 
     /// Consumes one chunk; chunks must come in sequence (an out-of-order
     /// chunk is refused and the sender should rewind to `next_seq`).
-    pub fn install_chunk(&mut self, install: &mut SnapshotInstall, chunk: &[u8]) -> Result<InstallProgress, EngineError> {
+    pub fn install_chunk(
+        &mut self,
+        install: &mut SnapshotInstall,
+        chunk: &[u8],
+    ) -> Result<InstallProgress, EngineError> {
         let corrupt = |source| EngineError::Corrupt { index: 0, source };
         let (kind, id, seq, payload) = parse_chunk(chunk).map_err(corrupt)?;
         if id != install.id {
-            return Err(EngineError::Snapshot(format!("chunk of snapshot {id:#x}, expected {:#x}", install.id)));
+            return Err(EngineError::Snapshot(format!(
+                "chunk of snapshot {id:#x}, expected {:#x}",
+                install.id
+            )));
         }
         if seq != install.next_seq {
-            return Err(EngineError::Snapshot(format!("chunk {seq} out of order, expected {}", install.next_seq)));
+            return Err(EngineError::Snapshot(format!(
+                "chunk {seq} out of order, expected {}",
+                install.next_seq
+            )));
         }
         install.bytes_received += chunk.len() as u64;
         match kind {
@@ -312,7 +370,10 @@ impl<T: FileTree> Engine<T> {
                 let hash = u128::from_le_bytes(payload[8..24].try_into().expect("16 bytes"));
                 install.next_seq += 1;
                 self.install_finish(install, index, hash)?;
-                return Ok(InstallProgress::Installed { index, state_hash: hash });
+                return Ok(InstallProgress::Installed {
+                    index,
+                    state_hash: hash,
+                });
             }
             _ => return Err(corrupt(DecodeError::BadHeader("unknown chunk kind"))),
         }
@@ -322,7 +383,11 @@ impl<T: FileTree> Engine<T> {
         })
     }
 
-    fn install_ops(&mut self, install: &SnapshotInstall, payload: &[u8]) -> Result<(), EngineError> {
+    fn install_ops(
+        &mut self,
+        install: &SnapshotInstall,
+        payload: &[u8],
+    ) -> Result<(), EngineError> {
         for op in OpIter::new(payload) {
             let op = op.map_err(|source| EngineError::Corrupt { index: 0, source })?;
             apply_op(&mut self.tree, &install.dir, &op)?;
@@ -331,7 +396,12 @@ impl<T: FileTree> Engine<T> {
     }
 
     /// Verifies, syncs and commits the received tree (see the module docs).
-    fn install_finish(&mut self, install: &SnapshotInstall, index: u64, hash: StateHash) -> Result<(), EngineError> {
+    fn install_finish(
+        &mut self,
+        install: &SnapshotInstall,
+        index: u64,
+        hash: StateHash,
+    ) -> Result<(), EngineError> {
         if self.diverged_at.is_none() && !self.recovering && index <= self.state_index {
             remove_recursive(&mut self.tree, &install.dir)?;
             return Err(EngineError::Snapshot(format!(
@@ -385,7 +455,9 @@ fn copy_runs(bytes: &[u8], offset: u64, room: usize) -> (u64, Vec<(u64, Vec<u8>)
         }
         let take = page.len().min(room - used - 13);
         match runs.last_mut() {
-            Some((start, data)) if *start as usize + data.len() == at => data.extend_from_slice(&page[..take]),
+            Some((start, data)) if *start as usize + data.len() == at => {
+                data.extend_from_slice(&page[..take])
+            }
             _ => {
                 used += 13;
                 runs.push((at as u64, page[..take].to_vec()));
@@ -441,5 +513,10 @@ pub fn parse_chunk(chunk: &[u8]) -> Result<(u8, u64, u64, &[u8]), DecodeError> {
     if hasher.digest() != u64_at(32) {
         return Err(DecodeError::BadChecksum);
     }
-    Ok((chunk[6], u64_at(8), u64_at(16), &chunk[CHUNK_HEADER_BYTES..]))
+    Ok((
+        chunk[6],
+        u64_at(8),
+        u64_at(16),
+        &chunk[CHUNK_HEADER_BYTES..],
+    ))
 }

@@ -10,33 +10,82 @@ use bunker::delta::mem::{listing, Listing};
 use bunker::delta::{FileTree, MemTree};
 use proptest::prelude::*;
 
-pub const FILES: &[&str] = &["a", "b", "c.db", "d0/a", "d0/b", "d1/a", "d1/x/y", "d0/e/f", "many/0", "many/1", "many/2"];
+pub const FILES: &[&str] = &[
+    "a", "b", "c.db", "d0/a", "d0/b", "d1/a", "d1/x/y", "d0/e/f", "many/0", "many/1", "many/2",
+];
 pub const DIRS: &[&str] = &["d0", "d1", "d1/x", "d0/e", "many", "empty"];
 
 /// One operation of the random application.
 #[derive(Clone, Debug)]
 pub enum AppOp {
     /// Write `len` bytes at `offset` (extending the file if needed).
-    Write { f: usize, offset: u32, len: u16, seed: u8 },
+    Write {
+        f: usize,
+        offset: u32,
+        len: u16,
+        seed: u8,
+    },
     /// Overwrite bytes inside the file without changing its size.
-    Overwrite { f: usize, offset: u32, len: u16, seed: u8 },
-    Truncate { f: usize, len: u32 },
-    Extend { f: usize, by: u32 },
+    Overwrite {
+        f: usize,
+        offset: u32,
+        len: u16,
+        seed: u8,
+    },
+    Truncate {
+        f: usize,
+        len: u32,
+    },
+    Extend {
+        f: usize,
+        by: u32,
+    },
     /// Truncate to `cut` then extend back to the old size.
-    TruncateExtend { f: usize, cut: u32 },
-    Create { f: usize },
-    Remove { f: usize },
+    TruncateExtend {
+        f: usize,
+        cut: u32,
+    },
+    Create {
+        f: usize,
+    },
+    Remove {
+        f: usize,
+    },
     /// Remove then create again with new content.
-    Recreate { f: usize, seed: u8 },
-    Rename { from: usize, to: usize },
-    Mkdir { d: usize },
-    RemoveDir { d: usize },
-    RenameDir { from: usize, to: usize },
-    Chmod { f: usize, mode: u32 },
+    Recreate {
+        f: usize,
+        seed: u8,
+    },
+    Rename {
+        from: usize,
+        to: usize,
+    },
+    Mkdir {
+        d: usize,
+    },
+    RemoveDir {
+        d: usize,
+    },
+    RenameDir {
+        from: usize,
+        to: usize,
+    },
+    Chmod {
+        f: usize,
+        mode: u32,
+    },
     /// A write far past the end (a sparse hole).
-    Sparse { f: usize, pages: u16, seed: u8 },
+    Sparse {
+        f: usize,
+        pages: u16,
+        seed: u8,
+    },
     /// A large write.
-    Big { f: usize, kib: u16, seed: u8 },
+    Big {
+        f: usize,
+        kib: u16,
+        seed: u8,
+    },
 }
 
 pub fn app_op() -> impl Strategy<Value = AppOp> {
@@ -63,7 +112,15 @@ pub fn app_op() -> impl Strategy<Value = AppOp> {
 
 pub fn data(len: usize, seed: u8) -> Vec<u8> {
     // Includes zero bytes on purpose (zero runs inside writes).
-    (0..len).map(|i| if i % 97 < 5 { 0 } else { seed.wrapping_add((i as u8).wrapping_mul(31)) | 1 }).collect()
+    (0..len)
+        .map(|i| {
+            if i % 97 < 5 {
+                0
+            } else {
+                seed.wrapping_add((i as u8).wrapping_mul(31)) | 1
+            }
+        })
+        .collect()
 }
 
 fn parent_of(p: &str) -> &str {
@@ -88,13 +145,23 @@ pub trait AppFs {
 /// missing parent, say) simply fail, as they would for a real application.
 pub fn run_op(fs: &mut dyn AppFs, op: &AppOp) {
     match *op {
-        AppOp::Write { f, offset, len, seed } => {
+        AppOp::Write {
+            f,
+            offset,
+            len,
+            seed,
+        } => {
             let p = FILES[f];
             if fs.size(p).is_some() {
                 fs.write(p, offset as u64, &data(len as usize, seed));
             }
         }
-        AppOp::Overwrite { f, offset, len, seed } => {
+        AppOp::Overwrite {
+            f,
+            offset,
+            len,
+            seed,
+        } => {
             let p = FILES[f];
             if let Some(size) = fs.size(p) {
                 if size > 0 {
@@ -134,7 +201,10 @@ pub fn run_op(fs: &mut dyn AppFs, op: &AppOp) {
             }
         }
         AppOp::Rename { from, to } => {
-            if fs.size(FILES[from]).is_some() && !fs.is_dir(FILES[to]) && fs.is_dir(parent_of(FILES[to])) {
+            if fs.size(FILES[from]).is_some()
+                && !fs.is_dir(FILES[to])
+                && fs.is_dir(parent_of(FILES[to]))
+            {
                 fs.rename(FILES[from], FILES[to]);
             }
         }
@@ -152,7 +222,12 @@ pub fn run_op(fs: &mut dyn AppFs, op: &AppOp) {
         AppOp::RenameDir { from, to } => {
             let (a, b) = (DIRS[from], DIRS[to]);
             let into_itself = b == a || b.starts_with(&format!("{a}/"));
-            if fs.is_dir(a) && !into_itself && fs.size(b).is_none() && !fs.is_dir(b) && fs.is_dir(parent_of(b)) {
+            if fs.is_dir(a)
+                && !into_itself
+                && fs.size(b).is_none()
+                && !fs.is_dir(b)
+                && fs.is_dir(parent_of(b))
+            {
                 fs.rename(a, b);
             }
         }
@@ -256,22 +331,41 @@ pub struct RealApp<'a> {
 
 impl AppFs for RealApp<'_> {
     fn size(&mut self, path: &str) -> Option<u64> {
-        std::fs::symlink_metadata(self.root.join(path)).ok().filter(|m| m.is_file()).map(|m| m.len())
+        std::fs::symlink_metadata(self.root.join(path))
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
     }
     fn is_dir(&mut self, path: &str) -> bool {
-        std::fs::symlink_metadata(self.root.join(path)).map(|m| m.is_dir()).unwrap_or(false)
+        std::fs::symlink_metadata(self.root.join(path))
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
     }
     fn write(&mut self, path: &str, offset: u64, data: &[u8]) -> bool {
-        let Ok(file) = std::fs::OpenOptions::new().write(true).open(self.root.join(path)) else { return false };
+        let Ok(file) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.root.join(path))
+        else {
+            return false;
+        };
         file.write_all_at(data, offset).is_ok()
     }
     fn set_len(&mut self, path: &str, len: u64) -> bool {
-        let Ok(file) = std::fs::OpenOptions::new().write(true).open(self.root.join(path)) else { return false };
+        let Ok(file) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.root.join(path))
+        else {
+            return false;
+        };
         file.set_len(len).is_ok()
     }
     fn create(&mut self, path: &str) -> bool {
         std::fs::File::create(self.root.join(path)).is_ok()
-            && std::fs::set_permissions(self.root.join(path), std::fs::Permissions::from_mode(0o644)).is_ok()
+            && std::fs::set_permissions(
+                self.root.join(path),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .is_ok()
     }
     fn remove(&mut self, path: &str) -> bool {
         std::fs::remove_file(self.root.join(path)).is_ok()
@@ -281,13 +375,18 @@ impl AppFs for RealApp<'_> {
     }
     fn mkdir(&mut self, path: &str) -> bool {
         std::fs::create_dir(self.root.join(path)).is_ok()
-            && std::fs::set_permissions(self.root.join(path), std::fs::Permissions::from_mode(0o755)).is_ok()
+            && std::fs::set_permissions(
+                self.root.join(path),
+                std::fs::Permissions::from_mode(0o755),
+            )
+            .is_ok()
     }
     fn remove_tree(&mut self, path: &str) -> bool {
         std::fs::remove_dir_all(self.root.join(path)).is_ok()
     }
     fn chmod(&mut self, path: &str, mode: u32) -> bool {
-        std::fs::set_permissions(self.root.join(path), std::fs::Permissions::from_mode(mode)).is_ok()
+        std::fs::set_permissions(self.root.join(path), std::fs::Permissions::from_mode(mode))
+            .is_ok()
     }
 }
 
@@ -295,7 +394,11 @@ impl AppFs for RealApp<'_> {
 pub fn hash_of(listing: &Listing) -> u128 {
     let mut index = StateIndex::new();
     for (path, (is_dir, mode, data)) in listing {
-        let node = if *is_dir { Node::Dir { mode: *mode } } else { Node::File(FileNode::from_bytes(*mode, data)) };
+        let node = if *is_dir {
+            Node::Dir { mode: *mode }
+        } else {
+            Node::File(FileNode::from_bytes(*mode, data))
+        };
         index.insert(path, node);
     }
     index.hash()
@@ -341,7 +444,12 @@ pub fn setup_ops() -> Vec<AppOp> {
     let mut ops: Vec<AppOp> = (0..DIRS.len()).map(|d| AppOp::Mkdir { d }).collect();
     for f in 0..FILES.len() {
         ops.push(AppOp::Create { f });
-        ops.push(AppOp::Write { f, offset: 0, len: 1000 + 997 * f as u16, seed: f as u8 });
+        ops.push(AppOp::Write {
+            f,
+            offset: 0,
+            len: 1000 + 997 * f as u16,
+            seed: f as u8,
+        });
     }
     ops
 }
@@ -349,5 +457,8 @@ pub fn setup_ops() -> Vec<AppOp> {
 /// Proptest cases: `default`, or `DELTA_CASES` from the environment (for
 /// longer soak runs: `DELTA_CASES=5000 cargo test --test delta_props`).
 pub fn cases(default: u32) -> u32 {
-    std::env::var("DELTA_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("DELTA_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
