@@ -1620,6 +1620,9 @@ impl<T: FileTree> Engine<T> {
         self.recovering = false;
         self.diverged_at = None;
         self.staging = None;
+        self.index_stale = false;
+        // A snapshot this server was sending described the old state.
+        self.journal = None;
         remove_recursive(&mut self.tree, &old)?;
         remove_recursive(&mut self.tree, STAGE_DIR)?;
         self.rebuild_live()
