@@ -1504,10 +1504,24 @@ impl<T: FileTree> Engine<T> {
             self.tree.set_len(&live_path, file.size_bytes)?;
         }
         ranges.sort_unstable();
-        for (start, end) in ranges {
-            let data = self.tree.with_file(&base_path, |bytes| {
-                bytes[start as usize..end as usize].to_vec()
-            })?;
+        // One read of the committed file for all ranges.
+        let pieces: Option<Vec<(u64, Vec<u8>)>> = self.tree.with_file(&base_path, |bytes| {
+            ranges
+                .iter()
+                .map(|&(start, end)| {
+                    bytes
+                        .get(start as usize..end as usize)
+                        .map(|d| (start, d.to_vec()))
+                })
+                .collect()
+        })?;
+        let pieces = pieces.ok_or_else(|| {
+            EngineError::Storage(TreeError::BadPath {
+                path: base_path.clone(),
+                reason: "committed file shorter than its index (changed behind the engine)",
+            })
+        })?;
+        for (start, data) in pieces {
             self.tree.write_at(&live_path, start, &data)?;
             stats.bytes_copied += data.len() as u64;
         }
