@@ -4,6 +4,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod delta;
+
 #[derive(Parser)]
 #[command(
     name = "bunker-bench",
@@ -18,11 +20,19 @@ struct Cli {
 enum Command {
     /// Placeholder until the first benchmark lands.
     Version,
+    /// Delta engine: capture/apply time and delta size vs database and change size.
+    Delta(delta::DeltaArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => println!("bunker-bench {}", env!("CARGO_PKG_VERSION")),
+        Command::Delta(args) => {
+            if let Err(err) = delta::run(args) {
+                eprintln!("bunker-bench delta: {err}");
+                std::process::exit(1);
+            }
+        }
     }
 }
