@@ -284,12 +284,12 @@ fn run_case(
             let mut start = index;
             for part in &captured.parts {
                 start += 1;
-                follower.apply(start, part).map_err(|e| e.to_string())?;
+                follower.apply(start, 1, part).map_err(|e| e.to_string())?;
             }
             let apply_ns = t.elapsed().as_nanos() as u64;
             for part in &captured.parts {
                 index += 1;
-                leader.apply(index, part).map_err(|e| e.to_string())?;
+                leader.apply(index, 1, part).map_err(|e| e.to_string())?;
             }
             // Baselines, same iteration.
             let t = Instant::now();

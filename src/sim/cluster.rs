@@ -626,9 +626,9 @@ impl Sim {
 
     fn install_snapshot(&mut self, id: NodeId, from: NodeId, term: Term, state: AppState) {
         let raft = self.node_mut(id).raft.as_mut().expect("up");
-        match raft.accept_snapshot(from, term, state.applied) {
-            Ok(true) => {}
-            Ok(false) => return self.after(id, Ok(())),
+        match raft.accept_snapshot(from, term) {
+            Ok(true) if state.applied.index > raft.commit_index() => {}
+            Ok(_) => return self.after(id, Ok(())),
             Err(e) => return self.after(id, Err(e)),
         }
         if state.applied.index <= self.node(id).app.applied.index {
