@@ -5,7 +5,10 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bunker-bench", about = "Bunker's benchmarks (hdrhistogram percentiles, JSON output)")]
+#[command(
+    name = "bunker-bench",
+    about = "Bunker's benchmarks (hdrhistogram percentiles, JSON output)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

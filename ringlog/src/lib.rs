@@ -17,6 +17,22 @@
 //!   (possibly cutting the last append short), never a later operation
 //!   without an earlier one.
 //! - `save_hard_state` is durable when it returns.
+//!
+//! The implementation: [`RingLog`] (module `ring`) keeps the log as a
+//! journal of checksummed, hash-chained records in a ring of preallocated
+//! segments, over any [`Disk`]: the simulated [`sim::SimDisk`] or the
+//! production [`uring::UringDisk`] (O_DIRECT, io_uring, a dedicated I/O
+//! thread). `format` is the on-disk format, `recovery` rebuilds the log after
+//! a crash. docs/RINGLOG.md describes the format, recovery and the choices.
+
+pub mod disk;
+pub mod format;
+mod recovery;
+pub mod ring;
+pub mod sim;
+
+pub use disk::{AlignedBuf, Disk, FlushJob, Write};
+pub use ring::{FlushTicket, Geometry, Options, RingLog, RingStats};
 
 use bytes::Bytes;
 
@@ -113,10 +129,16 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("log corruption detected: {0}; this server must not serve or vote until it is repaired")]
+    #[error(
+        "log corruption detected: {0}; this server must not serve or vote until it is repaired"
+    )]
     Corrupt(String),
     #[error("entry {index} is not in the log (log holds {first}..={last})")]
-    Unavailable { index: Index, first: Index, last: Index },
+    Unavailable {
+        index: Index,
+        first: Index,
+        last: Index,
+    },
     #[error("storage is full: {0}")]
     Full(String),
 }

@@ -1,0 +1,292 @@
+//! A simulated disk: deterministic, in memory, with crash semantics.
+//!
+//! What it does: implements [`Disk`] over two byte images, the medium
+//! (`durable`) and what reads see (`current`). A write changes `current` at
+//! once and joins the list of pending writes; completing a job (`wait`)
+//! moves that job's writes to the medium, as a sync does. A crash keeps
+//! the medium plus a prefix (in submission order) of the pending writes,
+//! the last of which may be torn (only a prefix of its bytes, or of its
+//! sectors, reaches the medium). Faults can be injected: a full disk (every
+//! write fails with [`StorageError::Full`]) and bit flips on the medium.
+//!
+//! What it does not do: spawn threads, keep time, or reorder writes. The
+//! simulator decides when a job completes by calling `RingLog::complete_flush`.
+//!
+//! Invariants: `durable` is the zeroed image plus every completed job and
+//! durable write, in order; `current` is `durable` plus every pending write.
+
+use crate::disk::{AlignedBuf, Disk, FlushJob};
+use crate::format::SECTOR_BYTES;
+use crate::StorageError;
+use rand::{Rng, SeedableRng};
+use std::collections::VecDeque;
+
+#[derive(Clone, Debug)]
+struct PendingWrite {
+    ticket: u64,
+    offset: u64,
+    data: Vec<u8>,
+}
+
+/// How much of the pending writes a crash keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrashPlan {
+    /// How many pending writes (a prefix, in submission order) reach the medium.
+    pub keep_writes: usize,
+    /// If set, the last kept write is torn: only this many of its leading
+    /// bytes reach the medium.
+    pub torn_bytes: Option<usize>,
+}
+
+/// Counters for tests and the simulator's statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimDiskStats {
+    pub writes: u64,
+    pub syncs: u64,
+    pub bytes_written: u64,
+    pub crashes: u64,
+}
+
+/// A simulated disk (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct SimDisk {
+    durable: Vec<u8>,
+    current: Vec<u8>,
+    pending: VecDeque<PendingWrite>,
+    jobs: VecDeque<u64>,
+    full: bool,
+    stats: SimDiskStats,
+}
+
+impl SimDisk {
+    /// A disk of `size_bytes` zero bytes (a whole number of sectors).
+    pub fn new(size_bytes: u64) -> SimDisk {
+        assert_eq!(size_bytes % SECTOR_BYTES as u64, 0);
+        SimDisk {
+            durable: vec![0; size_bytes as usize],
+            current: vec![0; size_bytes as usize],
+            pending: VecDeque::new(),
+            jobs: VecDeque::new(),
+            full: false,
+            stats: SimDiskStats::default(),
+        }
+    }
+
+    /// While set, every write fails as on a full disk.
+    pub fn set_full(&mut self, full: bool) {
+        self.full = full;
+    }
+
+    pub fn stats(&self) -> SimDiskStats {
+        self.stats
+    }
+
+    /// `(offset, length)` of every write not yet covered by a completed sync,
+    /// in submission order.
+    pub fn pending_writes(&self) -> Vec<(u64, usize)> {
+        self.pending
+            .iter()
+            .map(|w| (w.offset, w.data.len()))
+            .collect()
+    }
+
+    /// Flips one bit on the medium (and in what reads see).
+    pub fn flip_bit(&mut self, offset: u64, bit: u8) {
+        assert!(bit < 8);
+        self.durable[offset as usize] ^= 1 << bit;
+        self.current[offset as usize] ^= 1 << bit;
+    }
+
+    /// The bytes on the medium (for tests).
+    pub fn durable_bytes(&self, offset: u64, len: usize) -> &[u8] {
+        &self.durable[offset as usize..offset as usize + len]
+    }
+
+    /// A power loss or kill -9 with a random outcome drawn from `seed`: a
+    /// random prefix of the pending writes survives, the last one maybe torn
+    /// at a byte or at a sector boundary.
+    pub fn crash(&mut self, seed: u64) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let keep_writes = rng.gen_range(0..=self.pending.len());
+        let torn_bytes = if keep_writes > 0 && rng.gen_bool(0.5) {
+            let len = self.pending[keep_writes - 1].data.len();
+            Some(if rng.gen_bool(0.5) {
+                rng.gen_range(0..len / SECTOR_BYTES) * SECTOR_BYTES
+            } else {
+                rng.gen_range(0..len)
+            })
+        } else {
+            None
+        };
+        self.crash_with(CrashPlan {
+            keep_writes,
+            torn_bytes,
+        });
+    }
+
+    /// A crash with a chosen outcome (for exhaustive crash tests).
+    pub fn crash_with(&mut self, plan: CrashPlan) {
+        assert!(plan.keep_writes <= self.pending.len());
+        for (i, write) in self.pending.drain(..).take(plan.keep_writes).enumerate() {
+            let mut len = write.data.len();
+            if i + 1 == plan.keep_writes {
+                if let Some(torn) = plan.torn_bytes {
+                    assert!(torn < len, "a torn write keeps less than all of it");
+                    len = torn;
+                }
+            }
+            let at = write.offset as usize;
+            self.durable[at..at + len].copy_from_slice(&write.data[..len]);
+        }
+        self.current.copy_from_slice(&self.durable);
+        self.pending.clear();
+        self.jobs.clear();
+        self.stats.crashes += 1;
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> Result<(), StorageError> {
+        let aligned = offset % SECTOR_BYTES as u64 == 0 && len % SECTOR_BYTES == 0;
+        assert!(aligned, "unaligned access at {offset} of {len} bytes");
+        if offset + len as u64 > self.current.len() as u64 {
+            return Err(StorageError::Io {
+                path: "simulated disk".into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "access at {offset}+{len} past the end {}",
+                        self.current.len()
+                    ),
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn full_error(&self) -> StorageError {
+        StorageError::Full("simulated disk is full (injected fault)".into())
+    }
+
+    fn make_durable(&mut self, up_to_ticket: Option<u64>) {
+        while let Some(write) = self.pending.front() {
+            if up_to_ticket.is_some_and(|t| write.ticket > t) {
+                break;
+            }
+            let write = self.pending.pop_front().expect("front exists");
+            let at = write.offset as usize;
+            self.durable[at..at + write.data.len()].copy_from_slice(&write.data);
+        }
+        self.stats.syncs += 1;
+    }
+}
+
+impl Disk for SimDisk {
+    fn size_bytes(&self) -> u64 {
+        self.current.len() as u64
+    }
+
+    fn read(&self, offset: u64, buf: &mut AlignedBuf) -> Result<(), StorageError> {
+        self.check_range(offset, buf.len())?;
+        let at = offset as usize;
+        let len = buf.len();
+        buf.as_mut_slice()
+            .copy_from_slice(&self.current[at..at + len]);
+        Ok(())
+    }
+
+    fn write_durable(&mut self, offset: u64, buf: &AlignedBuf) -> Result<(), StorageError> {
+        self.check_range(offset, buf.len())?;
+        if self.full {
+            return Err(self.full_error());
+        }
+        let at = offset as usize;
+        self.current[at..at + buf.len()].copy_from_slice(buf.as_slice());
+        self.durable[at..at + buf.len()].copy_from_slice(buf.as_slice());
+        self.stats.writes += 1;
+        self.stats.syncs += 1;
+        self.stats.bytes_written += buf.len() as u64;
+        Ok(())
+    }
+
+    fn submit(&mut self, job: FlushJob) -> Result<(), StorageError> {
+        job.assert_valid(self.size_bytes());
+        assert!(
+            self.jobs.back().is_none_or(|&t| t < job.ticket),
+            "tickets increase"
+        );
+        if self.full {
+            return Err(self.full_error());
+        }
+        for write in job.stages.into_iter().flatten() {
+            self.check_range(write.offset, write.buf.len())?;
+            let at = write.offset as usize;
+            self.current[at..at + write.buf.len()].copy_from_slice(write.buf.as_slice());
+            self.stats.writes += 1;
+            self.stats.bytes_written += write.buf.len() as u64;
+            self.pending.push_back(PendingWrite {
+                ticket: job.ticket,
+                offset: write.offset,
+                data: write.buf.as_slice().to_vec(),
+            });
+        }
+        self.jobs.push_back(job.ticket);
+        Ok(())
+    }
+
+    fn wait(&mut self, ticket: u64) -> Result<(), StorageError> {
+        assert_eq!(self.jobs.front(), Some(&ticket), "jobs complete in order");
+        self.jobs.pop_front();
+        self.make_durable(Some(ticket));
+        Ok(())
+    }
+
+    fn try_complete(&mut self) -> Option<Result<u64, StorageError>> {
+        None
+    }
+
+    fn sync_all(&mut self) -> Result<(), StorageError> {
+        self.make_durable(None);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::Write;
+
+    fn job(ticket: u64, offset: u64, byte: u8) -> FlushJob {
+        let mut buf = AlignedBuf::zeroed(2 * SECTOR_BYTES);
+        buf.as_mut_slice().fill(byte);
+        FlushJob {
+            ticket,
+            stages: vec![vec![Write { offset, buf }]],
+        }
+    }
+
+    #[test]
+    fn crash_keeps_completed_jobs_and_a_prefix_of_the_rest() {
+        let mut disk = SimDisk::new(16 * SECTOR_BYTES as u64);
+        disk.submit(job(1, 0, 1)).unwrap();
+        disk.wait(1).unwrap();
+        disk.submit(job(2, 8192, 2)).unwrap();
+        disk.submit(job(3, 16384, 3)).unwrap();
+        disk.crash_with(CrashPlan {
+            keep_writes: 2,
+            torn_bytes: Some(100),
+        });
+        assert!(disk.durable_bytes(0, 8192).iter().all(|&b| b == 1));
+        assert!(disk.durable_bytes(8192, 8192).iter().all(|&b| b == 2));
+        assert!(disk.durable_bytes(16384, 100).iter().all(|&b| b == 3));
+        assert!(disk.durable_bytes(16484, 8092).iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn full_disk_rejects_writes() {
+        let mut disk = SimDisk::new(4 * SECTOR_BYTES as u64);
+        disk.set_full(true);
+        assert!(matches!(
+            disk.submit(job(1, 0, 1)),
+            Err(StorageError::Full(_))
+        ));
+    }
+}
