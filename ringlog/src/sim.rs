@@ -97,6 +97,25 @@ impl SimDisk {
         self.current[offset as usize] ^= 1 << bit;
     }
 
+    /// A disk whose medium holds `image` (a whole number of sectors), for
+    /// fuzzing and tests that craft disk contents.
+    pub fn from_image(image: Vec<u8>) -> SimDisk {
+        assert_eq!(image.len() % SECTOR_BYTES, 0);
+        SimDisk {
+            current: image.clone(),
+            durable: image,
+            pending: VecDeque::new(),
+            jobs: VecDeque::new(),
+            full: false,
+            stats: SimDiskStats::default(),
+        }
+    }
+
+    /// The medium's bytes (pending writes are not on it).
+    pub fn into_image(self) -> Vec<u8> {
+        self.durable
+    }
+
     /// The bytes on the medium (for tests).
     pub fn durable_bytes(&self, offset: u64, len: usize) -> &[u8] {
         &self.durable[offset as usize..offset as usize + len]

@@ -1,0 +1,286 @@
+//! Crash-recovery tests at every write boundary: after every submission and
+//! every flush of a scripted run, the disk is copied and crashed in every
+//! way the crash model allows (each prefix of the pending writes, the last
+//! one whole or torn at every sector boundary and at odd byte offsets); the
+//! recovered log must be the durable state plus a prefix of the operations
+//! handed to a flush, never anything else, and never "corrupt".
+
+mod common;
+
+use common::*;
+use ringlog::sim::{CrashPlan, SimDisk};
+use ringlog::{FlushTicket, HardState, LogId, LogStore, RingLog, StorageError};
+
+struct Run {
+    log: RingLog<SimDisk>,
+    model: Model,
+    in_flight: Vec<FlushTicket>,
+    hard: HardState,
+    plans_checked: u64,
+}
+
+impl Run {
+    fn new() -> Run {
+        let mut log = new_log(SMALL, small_options(4 << 10));
+        let hard = HardState {
+            term: 5,
+            vote: Some(1),
+        };
+        log.save_hard_state(hard).unwrap();
+        Run {
+            log,
+            model: Model::new(State::empty()),
+            in_flight: Vec::new(),
+            hard,
+            plans_checked: 0,
+        }
+    }
+
+    /// Every crash outcome of the disk as it is now.
+    fn check_every_crash(&mut self) {
+        let pending = self.log.disk().pending_writes();
+        let allowed = self.model.crash_states();
+        let mut plans = vec![CrashPlan {
+            keep_writes: 0,
+            torn_bytes: None,
+        }];
+        for (i, &(_, len)) in pending.iter().enumerate() {
+            plans.push(CrashPlan {
+                keep_writes: i + 1,
+                torn_bytes: None,
+            });
+            let mut cuts: Vec<usize> = (0..len).step_by(4096).collect();
+            cuts.extend((1..len).step_by(1531));
+            for torn in cuts {
+                plans.push(CrashPlan {
+                    keep_writes: i + 1,
+                    torn_bytes: Some(torn),
+                });
+            }
+        }
+        for plan in plans {
+            let mut disk = self.log.disk().clone();
+            disk.crash_with(plan);
+            let log = match RingLog::open(disk, small_options(4 << 10)) {
+                Ok(log) => log,
+                Err(e) => panic!("recovery after {plan:?} failed: {e}"),
+            };
+            let state = read_state(&log);
+            assert!(
+                allowed.contains(&state),
+                "after {plan:?}: recovered snapshot {} last {}, allowed {:?}",
+                state.snapshot,
+                state.last_id(),
+                allowed
+                    .iter()
+                    .map(|s| (s.snapshot, s.last_id()))
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(log.hard_state(), self.hard);
+            self.plans_checked += 1;
+        }
+    }
+
+    fn append(&mut self, count: u64, len: usize, term: u64) {
+        if term > self.hard.term {
+            // The core makes a term durable before it appends in it.
+            self.hard = HardState { term, vote: None };
+            self.log.save_hard_state(self.hard).unwrap();
+        }
+        let last = self.model.view.last_id();
+        let entries: Vec<_> = (1..=count)
+            .map(|i| entry(last.index + i, term, len, 7))
+            .collect();
+        self.log.append(&entries).unwrap();
+        self.model.submit(Op::Append(entries));
+        self.check_every_crash();
+    }
+
+    fn truncate(&mut self, index: u64) {
+        self.log.truncate_from(index).unwrap();
+        self.model.submit(Op::Truncate(index));
+        self.check_every_crash();
+    }
+
+    fn release(&mut self, index: u64) {
+        self.log.release_to(index).unwrap();
+        self.model.submit(Op::Release(index));
+        self.check_every_crash();
+    }
+
+    fn reset(&mut self, snapshot: LogId) {
+        self.log.reset(snapshot).unwrap();
+        self.model.submit(Op::Reset(snapshot));
+        self.check_every_crash();
+    }
+
+    fn begin(&mut self) {
+        if let Some(ticket) = self.log.begin_flush().unwrap() {
+            self.model.begin_flush(ticket.0);
+            self.in_flight.push(ticket);
+        }
+        self.check_every_crash();
+    }
+
+    fn complete(&mut self) {
+        let ticket = self.in_flight.remove(0);
+        let durable = self.log.complete_flush(ticket).unwrap();
+        self.model.complete_flush(ticket.0);
+        assert_eq!(durable, self.model.durable.last_id());
+        self.check_every_crash();
+    }
+}
+
+#[test]
+fn crash_at_every_write_boundary_with_torn_and_lost_writes() {
+    let mut run = Run::new();
+    // Small appends, two flushes in flight at once.
+    run.append(3, 100, 5);
+    run.begin();
+    run.append(2, 3000, 5);
+    run.begin();
+    run.complete();
+    run.append(1, 10, 5);
+    run.complete();
+    run.begin();
+    run.complete();
+    // A batch that fills the first segment and moves to the next (two
+    // stages in one flush), with a truncation inside the unflushed part.
+    run.append(6, 9000, 5);
+    run.truncate(8);
+    run.append(4, 9000, 5);
+    run.begin();
+    run.complete();
+    assert!(run.log.stats().segment_moves >= 1);
+    assert!(run.plans_checked > 100, "{} plans", run.plans_checked);
+}
+
+#[test]
+fn crash_during_truncation_release_and_segment_reuse() {
+    let mut run = Run::new();
+    let mut term = 5;
+    // Lap the ring several times: append, flush, release the prefix so the
+    // segments come back, and crash-check everything in between.
+    for round in 0..10u64 {
+        run.append(5, 7000, term);
+        run.begin();
+        if round % 3 == 1 {
+            let last = run.model.view.last_id().index;
+            run.truncate(last - 1);
+            term += 1;
+            run.append(2, 500, term);
+        }
+        run.complete();
+        let last = run.model.view.last_id().index;
+        run.release(last - 2);
+        run.begin();
+        run.append(1, 100, term);
+        run.complete();
+    }
+    assert!(run.log.stats().segment_moves >= 8, "{:?}", run.log.stats());
+    // Reset, then crash in the flush that carries it.
+    let last = run.model.view.last_id();
+    run.reset(LogId::new(last.index + 10, term));
+    run.begin();
+    run.append(2, 100, term);
+    run.begin();
+    run.complete();
+    run.complete();
+}
+
+#[test]
+fn full_disk_fails_the_flush_and_the_log_recovers_to_a_prefix() {
+    let mut run = Run::new();
+    run.append(3, 100, 5);
+    run.begin();
+    run.complete();
+    run.append(3, 100, 5);
+    run.log.disk_mut().set_full(true);
+    let err = run.log.begin_flush().unwrap_err();
+    assert!(matches!(err, StorageError::Full(_)), "{err}");
+    // The log refuses everything after a failed write.
+    assert!(run.log.append(&[entry(7, 5, 1, 0)]).is_err());
+    assert!(run
+        .log
+        .save_hard_state(HardState {
+            term: 6,
+            vote: None
+        })
+        .is_err());
+    let mut disk = run.log.into_disk();
+    disk.set_full(false);
+    disk.crash(3);
+    let log = RingLog::open(disk, small_options(4 << 10)).unwrap();
+    assert_eq!(read_state(&log), run.model.durable);
+}
+
+#[test]
+fn a_full_ring_rejects_appends_until_the_prefix_is_released() {
+    let mut log = new_log(SMALL, small_options(1 << 20));
+    log.save_hard_state(HardState {
+        term: 1,
+        vote: None,
+    })
+    .unwrap();
+    let mut index = 1;
+    let err = loop {
+        match log.append(&[entry(index, 1, 5000, 0)]) {
+            Ok(()) => index += 1,
+            Err(e) => break e,
+        }
+        log.flush().unwrap();
+    };
+    assert!(
+        matches!(err, StorageError::Full(ref why) if why.contains("ring is full")),
+        "{err}"
+    );
+    let last = log.last_id();
+    assert_eq!(last.index, index - 1);
+    // Releasing works even when the ring is full, and frees segments.
+    log.release_to(last.index - 1).unwrap();
+    log.flush().unwrap();
+    for _ in 0..20 {
+        log.append(&[entry(index, 1, 5000, 0)]).unwrap();
+        log.flush().unwrap();
+        index += 1;
+        let last = log.last_id().index;
+        log.release_to(last - 1).unwrap();
+    }
+    log.flush().unwrap();
+    let state = read_state(&log);
+    let mut disk = log.into_disk();
+    disk.crash(1);
+    let log = RingLog::open(disk, small_options(1 << 20)).unwrap();
+    assert_eq!(read_state(&log), state);
+}
+
+#[test]
+fn reads_of_old_entries_come_from_disk_with_a_small_cache() {
+    let mut log = new_log(SMALL, small_options(0));
+    log.save_hard_state(HardState {
+        term: 2,
+        vote: None,
+    })
+    .unwrap();
+    let entries: Vec<_> = (1..=20)
+        .map(|i| entry(i, 2, 1000 + i as usize, 1))
+        .collect();
+    log.append(&entries).unwrap();
+    log.flush().unwrap();
+    assert_eq!(log.entries(1, 21, u64::MAX).unwrap(), entries);
+    assert_eq!(log.entries(5, 9, 0).unwrap(), entries[4..5].to_vec());
+    assert_eq!(log.entries(5, 9, 2100).unwrap(), entries[4..6].to_vec());
+    assert!(
+        log.memory_bytes() < 4096,
+        "cache evicted: {}",
+        log.memory_bytes()
+    );
+    assert!(matches!(
+        log.entries(0, 3, 10),
+        Err(StorageError::Unavailable { .. })
+    ));
+    assert!(matches!(
+        log.entries(3, 23, 10),
+        Err(StorageError::Unavailable { .. })
+    ));
+}
