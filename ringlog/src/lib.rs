@@ -30,6 +30,7 @@ pub mod format;
 mod recovery;
 pub mod ring;
 pub mod sim;
+pub mod uring;
 
 pub use disk::{AlignedBuf, Disk, FlushJob, Write};
 pub use ring::{FlushTicket, Geometry, Options, RingLog, RingStats};
