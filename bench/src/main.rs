@@ -4,6 +4,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod log;
+
 #[derive(Parser)]
 #[command(
     name = "bunker-bench",
@@ -18,11 +20,20 @@ struct Cli {
 enum Command {
     /// Placeholder until the first benchmark lands.
     Version,
+    /// The durable log (ringlog): append latency and throughput against the
+    /// disk's own sync-write baselines.
+    Log(log::LogArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => println!("bunker-bench {}", env!("CARGO_PKG_VERSION")),
+        Command::Log(args) => {
+            if let Err(e) = log::run(args) {
+                eprintln!("bunker-bench log: {e}");
+                std::process::exit(1);
+            }
+        }
     }
 }

@@ -54,15 +54,21 @@ pub struct UringOptions {
     /// Accept a filesystem that keeps data in memory only (tmpfs, ramfs),
     /// where nothing survives a power loss: for benchmarks and tests only.
     pub allow_volatile_fs: bool,
+    /// Microseconds the I/O thread (waiting for a job) and the owner
+    /// (waiting in `complete_flush`) poll before they sleep: a thread that
+    /// sleeps pays a scheduler wake-up, which on a busy machine costs up to
+    /// a tick. 0 never spins.
+    pub spin_us: u64,
 }
 
 impl Default for UringOptions {
     fn default() -> UringOptions {
         UringOptions {
             // Chosen by measurement: see docs/PERFORMANCE.md, "ringlog".
-            sync_mode: SyncMode::Dsync,
+            sync_mode: SyncMode::Fdatasync,
             jobs_queued_max: 4,
             allow_volatile_fs: false,
+            spin_us: 0,
         }
     }
 }
@@ -82,6 +88,25 @@ pub struct UringDisk {
     jobs: Option<Sender<FlushJob>>,
     done: Receiver<Completion>,
     thread: Option<JoinHandle<()>>,
+    spin_us: u64,
+}
+
+/// Receives from `rx`, polling for up to `spin_us` before blocking.
+fn recv_spinning<T>(rx: &Receiver<T>, spin_us: u64) -> Result<T, crossbeam_channel::RecvError> {
+    if spin_us > 0 {
+        let start = std::time::Instant::now();
+        let budget = std::time::Duration::from_micros(spin_us);
+        while start.elapsed() < budget {
+            match rx.try_recv() {
+                Ok(value) => return Ok(value),
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    return Err(crossbeam_channel::RecvError)
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => std::hint::spin_loop(),
+            }
+        }
+    }
+    rx.recv()
 }
 
 fn io_error(path: &Path, kind: io::ErrorKind, what: String) -> StorageError {
@@ -235,9 +260,10 @@ impl UringDisk {
         let (done_tx, done) = crossbeam_channel::bounded::<Completion>(options.jobs_queued_max + 1);
         let thread_file = Arc::clone(&file);
         let mode = options.sync_mode;
+        let spin_us = options.spin_us;
         let thread = std::thread::Builder::new()
             .name("ringlog-io".into())
-            .spawn(move || io_thread(ring, thread_file, mode, jobs_rx, done_tx))
+            .spawn(move || io_thread(ring, thread_file, mode, spin_us, jobs_rx, done_tx))
             .map_err(|e| explain(path, "starting the I/O thread", e))?;
         Ok(UringDisk {
             path: path.to_path_buf(),
@@ -246,6 +272,7 @@ impl UringDisk {
             jobs: Some(jobs),
             done,
             thread: Some(thread),
+            spin_us: options.spin_us,
         })
     }
 
@@ -367,7 +394,7 @@ impl Disk for UringDisk {
     }
 
     fn wait(&mut self, ticket: u64) -> Result<(), StorageError> {
-        let completion = self.done.recv().map_err(|_| {
+        let completion = recv_spinning(&self.done, self.spin_us).map_err(|_| {
             io_error(
                 &self.path,
                 io::ErrorKind::BrokenPipe,
@@ -401,10 +428,11 @@ fn io_thread(
     mut ring: IoUring,
     file: Arc<File>,
     mode: SyncMode,
+    spin_us: u64,
     jobs: Receiver<FlushJob>,
     done: Sender<Completion>,
 ) {
-    while let Ok(job) = jobs.recv() {
+    while let Ok(job) = recv_spinning(&jobs, spin_us) {
         let mut result = Ok(());
         for stage in &job.stages {
             result = run_stage(&mut ring, file.as_raw_fd(), mode, stage);
