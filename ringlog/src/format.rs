@@ -408,7 +408,9 @@ impl Superblock {
                 self.segment_count
             ));
         }
-        if self.segment_bytes % SECTOR_BYTES as u64 != 0 || self.segment_bytes < SEGMENT_BYTES_MIN {
+        if !self.segment_bytes.is_multiple_of(SECTOR_BYTES as u64)
+            || self.segment_bytes < SEGMENT_BYTES_MIN
+        {
             return Err(format!(
                 "segment_bytes is {}, it must be a multiple of {SECTOR_BYTES} and at least \
                  {SEGMENT_BYTES_MIN}",

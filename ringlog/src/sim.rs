@@ -143,6 +143,14 @@ impl SimDisk {
         });
     }
 
+    /// A power loss that keeps nothing that was not synced.
+    pub fn crash_losing_unsynced(&mut self) {
+        self.crash_with(CrashPlan {
+            keep_writes: 0,
+            torn_bytes: None,
+        });
+    }
+
     /// A crash with a chosen outcome (for exhaustive crash tests).
     pub fn crash_with(&mut self, plan: CrashPlan) {
         assert!(plan.keep_writes <= self.pending.len());
@@ -164,7 +172,8 @@ impl SimDisk {
     }
 
     fn check_range(&self, offset: u64, len: usize) -> Result<(), StorageError> {
-        let aligned = offset % SECTOR_BYTES as u64 == 0 && len % SECTOR_BYTES == 0;
+        let aligned =
+            offset.is_multiple_of(SECTOR_BYTES as u64) && len.is_multiple_of(SECTOR_BYTES);
         assert!(aligned, "unaligned access at {offset} of {len} bytes");
         if offset + len as u64 > self.current.len() as u64 {
             return Err(StorageError::Io {
