@@ -24,7 +24,7 @@ enum Step {
         keep: u64,
     },
     Reset {
-        ahead: u64,
+        ahead: i64,
     },
     BeginFlush,
     CompleteFlush,
@@ -47,7 +47,7 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(count, len, term_bump)| Step::Append { count, len, term_bump }),
         2 => (1u64..6).prop_map(|back| Step::Truncate { back }),
         2 => (0u64..8).prop_map(|keep| Step::Release { keep }),
-        1 => (0u64..4).prop_map(|ahead| Step::Reset { ahead }),
+        1 => (-3i64..4).prop_map(|ahead| Step::Reset { ahead }),
         5 => Just(Step::BeginFlush),
         5 => Just(Step::CompleteFlush),
         1 => proptest::option::of(1u64..6).prop_map(|vote| Step::SaveHardState { vote }),
@@ -144,7 +144,9 @@ impl Harness {
             }
             Step::Reset { ahead } => {
                 let last = self.model.view.last_id();
-                let snapshot = LogId::new(last.index + ahead, self.hard.term.max(last.term));
+                // A snapshot ahead of the log (the usual install) or behind it.
+                let index = (last.index as i64 + ahead).max(0) as u64;
+                let snapshot = LogId::new(index, self.hard.term.max(last.term));
                 match self.log().reset(snapshot) {
                     Ok(()) => self.model.submit(Op::Reset(snapshot)),
                     Err(StorageError::Full(_)) => {}
@@ -247,10 +249,10 @@ impl Harness {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
-    fn ring_log_matches_the_model(steps in proptest::collection::vec(step(), 1..120)) {
+    fn ring_log_matches_the_model(steps in proptest::collection::vec(step(), 1..200)) {
         let log = new_log(SMALL, small_options(8 << 10));
         let mut harness = Harness {
             model: Model::new(State::empty()),
