@@ -52,6 +52,9 @@ pub struct LogArgs {
     /// Spin budgets (microseconds) of the driver's threads to measure.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     spins: Vec<u64>,
+    /// Skip the recovery measurement (it writes a 1 GiB log).
+    #[arg(long)]
+    skip_recovery: bool,
     /// Allow a memory filesystem (tmpfs): the numbers then mean nothing for
     /// durability.
     #[arg(long)]
@@ -83,6 +86,7 @@ struct Report {
     point_ms: u64,
     baselines: Vec<Point>,
     ringlog: Vec<Point>,
+    recovery: Vec<Point>,
     ratios: Vec<(String, f64)>,
 }
 
@@ -377,6 +381,70 @@ fn ring_points(args: &LogArgs, mode: SyncMode, spin_us: u64) -> Result<Vec<Point
     Ok(out)
 }
 
+/// Recovery time of a full default-size ring (16 x 64 MiB): recovery reads
+/// every sector start of the ring once, so this is its worst case.
+fn recovery_point(args: &LogArgs) -> Result<Point, String> {
+    let geometry = Geometry {
+        segment_bytes: 64 << 20,
+        segment_count: 16,
+    };
+    let uring = UringOptions {
+        allow_volatile_fs: args.allow_volatile_fs,
+        ..UringOptions::default()
+    };
+    let path = args.dir.join("recovery.dat");
+    let _ = std::fs::remove_file(&path);
+    let mut log =
+        create_log(&path, geometry, Options::default(), uring).map_err(|e| e.to_string())?;
+    log.save_hard_state(ringlog::HardState {
+        term: 1,
+        vote: None,
+    })
+    .map_err(|e| e.to_string())?;
+    // Fill most of the ring with 4 KiB entries (the ring keeps one segment free).
+    let data = Bytes::from(vec![0x5au8; 4096]);
+    let mut index = 0u64;
+    let target_bytes = (geometry.segment_count as u64 - 2) * geometry.segment_bytes;
+    while index * 4168 < target_bytes {
+        let entries: Vec<Entry> = (1..=256u64)
+            .map(|i| Entry {
+                index: index + i,
+                term: 1,
+                kind: EntryKind::Command,
+                data: data.clone(),
+            })
+            .collect();
+        index += 256;
+        log.append(&entries)
+            .and_then(|()| log.flush())
+            .map_err(|e| e.to_string())?;
+    }
+    let last = log.last_id();
+    drop(log);
+    let mut hist = histogram();
+    let start = Instant::now();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let log = ringlog::uring::open_log(&path, Options::default(), uring)
+            .map_err(|e| e.to_string())?;
+        hist.record(t.elapsed().as_nanos().max(1) as u64)
+            .expect("in range");
+        assert_eq!(log.last_id(), last);
+    }
+    let elapsed = start.elapsed();
+    let _ = std::fs::remove_file(&path);
+    Ok(point(
+        &format!(
+            "recovery of a 1 GiB ring holding {} entries of 4 KiB",
+            last.index
+        ),
+        geometry.disk_bytes() as usize,
+        1,
+        &hist,
+        elapsed,
+    ))
+}
+
 fn filesystem(dir: &Path) -> String {
     // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
@@ -453,6 +521,12 @@ pub fn run(args: LogArgs) -> Result<(), String> {
         }
     }
     print_points("ringlog: append a batch, flush, wait until durable", &ring);
+    let recovery = if args.skip_recovery {
+        Vec::new()
+    } else {
+        vec![recovery_point(&args)?]
+    };
+    print_points("ringlog: recovery (open) time", &recovery);
 
     let find = |name: &str| baselines.iter().find(|p| p.name == name).expect("measured");
     let floor = find("O_DIRECT|O_DSYNC pwrite").p50_us;
@@ -505,6 +579,7 @@ pub fn run(args: LogArgs) -> Result<(), String> {
         point_ms: args.point_ms,
         baselines,
         ringlog: ring,
+        recovery,
         ratios,
     };
     std::fs::create_dir_all(&args.out_dir)

@@ -14,7 +14,13 @@ use ringlog::format::RING_OFFSET_BYTES;
 use ringlog::sim::SimDisk;
 use ringlog::{Entry, EntryKind, Geometry, LogStore, Options, RingLog};
 
-fn base_image() -> Vec<u8> {
+/// The formatted log, built once per process.
+fn base_image() -> &'static [u8] {
+    static IMAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(build_base_image)
+}
+
+fn build_base_image() -> Vec<u8> {
     let geometry = Geometry { segment_bytes: 64 << 10, segment_count: 4 };
     let disk = SimDisk::new(geometry.disk_bytes());
     let mut log = RingLog::format(disk, geometry, 7, Options::default()).expect("format");
@@ -31,7 +37,7 @@ fn base_image() -> Vec<u8> {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&keep, rest)) = data.split_first() else { return };
-    let mut image = base_image();
+    let mut image = base_image().to_vec();
     let ring = RING_OFFSET_BYTES as usize;
     let start = ring + (keep as usize * 97) % (image.len() - ring);
     let end = (start + rest.len()).min(image.len());

@@ -154,12 +154,23 @@ pub(crate) fn decode_entry(
     })
 }
 
-/// Reads whole segments, one at a time.
+/// What the sector starts of a segment say (see step 4 of the module doc).
+#[derive(Clone, Copy, Debug, Default)]
+struct SectorSummary {
+    /// The record with the highest `durable_lsn`: (durable_lsn, lsn, offset in segment).
+    vouching: Option<(u64, u64, usize)>,
+    generation_max: u64,
+}
+
+/// Reads whole segments, one at a time, and summarises each segment's
+/// sector starts the first time it is read (so that recovery reads the
+/// ring about once).
 struct SegmentReader<'a, D: Disk> {
     disk: &'a D,
     superblock: Superblock,
     loaded: Option<u32>,
     buf: AlignedBuf,
+    summaries: Vec<Option<SectorSummary>>,
 }
 
 impl<'a, D: Disk> SegmentReader<'a, D> {
@@ -169,6 +180,7 @@ impl<'a, D: Disk> SegmentReader<'a, D> {
             superblock,
             loaded: None,
             buf: AlignedBuf::zeroed(superblock.segment_bytes as usize),
+            summaries: vec![None; superblock.segment_count as usize],
         }
     }
 
@@ -181,9 +193,30 @@ impl<'a, D: Disk> SegmentReader<'a, D> {
             self.loaded = None;
             self.disk.read(self.start(segment), &mut self.buf)?;
             self.loaded = Some(segment);
+            if self.summaries[segment as usize].is_none() {
+                self.summaries[segment as usize] =
+                    Some(summarise(self.buf.as_slice(), self.superblock.format_id));
+            }
         }
         Ok(self.buf.as_slice())
     }
+}
+
+fn summarise(bytes: &[u8], format_id: u64) -> SectorSummary {
+    let mut summary = SectorSummary::default();
+    for at in (0..bytes.len()).step_by(SECTOR_BYTES) {
+        let Some((header, _)) = decode_at(bytes, at, format_id) else {
+            continue;
+        };
+        summary.generation_max = summary.generation_max.max(header.generation);
+        if summary
+            .vouching
+            .is_none_or(|(d, _, _)| header.durable_lsn > d)
+        {
+            summary.vouching = Some((header.durable_lsn, header.lsn, at));
+        }
+    }
+    summary
 }
 
 /// The log state while replaying. Entries `(snapshot, phantom_last]` were
@@ -482,23 +515,19 @@ pub(crate) fn recover<D: Disk>(
     // 4. Does any record claim a durable record past the chain's end?
     let mut generation_max = 0;
     for segment in 0..count {
-        let bytes = reader.load(segment)?;
-        for at in (0..bytes.len()).step_by(SECTOR_BYTES) {
-            let Some((header, _)) = decode_at(bytes, at, format_id) else {
-                continue;
-            };
-            generation_max = generation_max.max(header.generation);
-            if header.durable_lsn > end_lsn {
-                return Err(corrupt(format!(
-                    "the log's chain of records ends at lsn {end_lsn} (disk offset {end_offset}), \
-                     but the record at disk offset {} (lsn {}) was written after lsn {} was \
-                     durable: a durable record is damaged, and truncating here would lose \
-                     committed entries",
-                    start(segment) + at as u64,
-                    header.lsn,
-                    header.durable_lsn
-                )));
-            }
+        if reader.summaries[segment as usize].is_none() {
+            reader.load(segment)?;
+        }
+        let summary = reader.summaries[segment as usize].expect("summarised on load");
+        generation_max = generation_max.max(summary.generation_max);
+        if let Some((durable_lsn, lsn, at)) = summary.vouching.filter(|v| v.0 > end_lsn) {
+            return Err(corrupt(format!(
+                "the log's chain of records ends at lsn {end_lsn} (disk offset {end_offset}), \
+                 but the record at disk offset {} (lsn {lsn}) was written after lsn \
+                 {durable_lsn} was durable: a durable record is damaged, and truncating here \
+                 would lose committed entries",
+                start(segment) + at as u64,
+            )));
         }
     }
     if replay.phantom_last > replay.snapshot.index {
