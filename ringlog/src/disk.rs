@@ -75,6 +75,14 @@ impl AlignedBuf {
 
     /// Appends `count` zero bytes and returns them for the caller to fill.
     pub fn extend_zeroed(&mut self, count: usize) -> &mut [u8] {
+        let slice = self.extend_for_overwrite(count);
+        slice.fill(0);
+        slice
+    }
+
+    /// Appends `count` bytes of unspecified (but initialized) content, for a
+    /// caller that overwrites all of them: a reused buffer skips the memset.
+    pub fn extend_for_overwrite(&mut self, count: usize) -> &mut [u8] {
         let start = self.len;
         let end = start + count;
         let blocks = end.div_ceil(SECTOR_BYTES);
@@ -82,9 +90,12 @@ impl AlignedBuf {
             self.blocks.resize(blocks, Block([0; SECTOR_BYTES]));
         }
         self.len = end;
-        let slice = self.as_mut_slice();
-        slice[start..end].fill(0);
-        &mut slice[start..end]
+        &mut self.as_mut_slice()[start..end]
+    }
+
+    /// Bytes this buffer can hold without growing.
+    pub fn capacity(&self) -> usize {
+        self.blocks.capacity() * SECTOR_BYTES
     }
 
     /// Pads with zeros to a whole number of sectors.
@@ -165,4 +176,10 @@ pub trait Disk {
 
     /// Makes every write submitted so far durable (used after recovery).
     fn sync_all(&mut self) -> Result<(), StorageError>;
+
+    /// A buffer of a completed job to reuse for staging, if the disk keeps
+    /// them (saves the allocation, page faults and zeroing of large flushes).
+    fn spare_buffer(&mut self) -> Option<AlignedBuf> {
+        None
+    }
 }

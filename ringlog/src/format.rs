@@ -261,7 +261,8 @@ pub struct RecordFields {
 
 /// Writes a record's header (without the fields sealed later: checksum,
 /// durable_lsn, prev_checksum) followed by its payload into `out`, which
-/// must be exactly `record_bytes(payload.len())` long.
+/// must be exactly `record_bytes(payload.len())` long. Every byte of `out`
+/// is written (the padding with zeros).
 pub fn encode_record(out: &mut [u8], fields: &RecordFields, payload: &[u8]) {
     assert_eq!(out.len(), record_bytes(payload.len()));
     assert!(payload.len() as u64 <= PAYLOAD_BYTES_MAX as u64);

@@ -549,10 +549,9 @@ impl<D: Disk> RingLog<D> {
                 0,
                 "a chunk starts on a sector"
             );
-            self.chunks.push(Chunk {
-                offset,
-                buf: AlignedBuf::new(),
-            });
+            let mut buf = self.disk.spare_buffer().unwrap_or_default();
+            buf.clear();
+            self.chunks.push(Chunk { offset, buf });
         }
         let lsn = self.next_lsn;
         self.next_lsn += 1;
@@ -567,7 +566,7 @@ impl<D: Disk> RingLog<D> {
             index,
             term,
         };
-        encode_record(chunk.buf.extend_zeroed(need), &fields, payload);
+        encode_record(chunk.buf.extend_for_overwrite(need), &fields, payload);
         self.staged.push(StagedRecord {
             chunk: chunk_index,
             at,

@@ -78,7 +78,12 @@ impl Default for UringOptions {
 pub struct Completion {
     pub ticket: u64,
     pub result: io::Result<()>,
+    /// The job's buffers, handed back for reuse.
+    pub buffers: Vec<AlignedBuf>,
 }
+
+/// Spare staging buffers kept for reuse at most.
+const SPARE_BUFFERS_MAX: usize = 4;
 
 /// The production disk (see the module documentation).
 pub struct UringDisk {
@@ -89,6 +94,7 @@ pub struct UringDisk {
     done: Receiver<Completion>,
     thread: Option<JoinHandle<()>>,
     spin_us: u64,
+    spare: Vec<AlignedBuf>,
 }
 
 /// Receives from `rx`, polling for up to `spin_us` before blocking.
@@ -273,6 +279,7 @@ impl UringDisk {
             done,
             thread: Some(thread),
             spin_us: options.spin_us,
+            spare: Vec::new(),
         })
     }
 
@@ -288,6 +295,14 @@ impl UringDisk {
 
     fn error(&self, doing: &str, e: io::Error) -> StorageError {
         explain(&self.path, doing, e)
+    }
+
+    fn keep_spares(&mut self, buffers: Vec<AlignedBuf>) {
+        for buf in buffers {
+            if self.spare.len() < SPARE_BUFFERS_MAX {
+                self.spare.push(buf);
+            }
+        }
     }
 }
 
@@ -402,6 +417,7 @@ impl Disk for UringDisk {
             )
         })?;
         assert_eq!(completion.ticket, ticket, "jobs complete in order");
+        self.keep_spares(completion.buffers);
         completion
             .result
             .map_err(|e| self.error(&format!("flush {ticket} (write and sync)"), e))
@@ -410,6 +426,7 @@ impl Disk for UringDisk {
     fn try_complete(&mut self) -> Option<Result<u64, StorageError>> {
         let completion = self.done.try_recv().ok()?;
         let ticket = completion.ticket;
+        self.keep_spares(completion.buffers);
         Some(
             completion
                 .result
@@ -420,6 +437,12 @@ impl Disk for UringDisk {
 
     fn sync_all(&mut self) -> Result<(), StorageError> {
         self.file.sync_data().map_err(|e| self.error("syncing", e))
+    }
+
+    fn spare_buffer(&mut self) -> Option<AlignedBuf> {
+        // The largest first: a big flush then needs no growth.
+        let at = (0..self.spare.len()).max_by_key(|&i| self.spare[i].capacity())?;
+        Some(self.spare.swap_remove(at))
     }
 }
 
@@ -440,13 +463,13 @@ fn io_thread(
                 break;
             }
         }
-        if done
-            .send(Completion {
-                ticket: job.ticket,
-                result,
-            })
-            .is_err()
-        {
+        let buffers = job.stages.into_iter().flatten().map(|w| w.buf).collect();
+        let completion = Completion {
+            ticket: job.ticket,
+            result,
+            buffers,
+        };
+        if done.send(completion).is_err() {
             return;
         }
     }
