@@ -300,7 +300,7 @@ fn uring_write(
 fn ring_points(args: &LogArgs, mode: SyncMode, spin_us: u64) -> Result<Vec<Point>, String> {
     let geometry = Geometry {
         segment_bytes: 64 << 20,
-        segment_count: 16,
+        segment_count: 8,
     };
     let options = Options {
         cache_bytes_max: 16 << 20,
@@ -317,19 +317,22 @@ fn ring_points(args: &LogArgs, mode: SyncMode, spin_us: u64) -> Result<Vec<Point
         SyncMode::Dsync => "RWF_DSYNC",
         SyncMode::Fdatasync => "write+fdatasync",
     };
+    // One log per mode, reused by every point: the file is created (and
+    // pre-written) once, and each point keeps appending where the previous
+    // one stopped, releasing what is durable so the ring never fills.
+    let path = args.dir.join("ringlog.dat");
+    let _ = std::fs::remove_file(&path);
+    let mut log = create_log(&path, geometry, options, uring).map_err(|e| e.to_string())?;
+    log.save_hard_state(ringlog::HardState {
+        term: 1,
+        vote: None,
+    })
+    .map_err(|e| e.to_string())?;
+    let mut index = 0u64;
     let mut out = Vec::new();
     for &size in &args.sizes {
         for &batch in &args.batches {
-            let path = args.dir.join("ringlog.dat");
-            let _ = std::fs::remove_file(&path);
-            let mut log = create_log(&path, geometry, options, uring).map_err(|e| e.to_string())?;
-            log.save_hard_state(ringlog::HardState {
-                term: 1,
-                vote: None,
-            })
-            .map_err(|e| e.to_string())?;
             let data = Bytes::from(vec![0xa5u8; size]);
-            let mut index = 0u64;
             let mut error = None;
             let result = measure(args.point_ms, || {
                 let entries: Vec<Entry> = (1..=batch as u64)
@@ -374,10 +377,10 @@ fn ring_points(args: &LogArgs, mode: SyncMode, spin_us: u64) -> Result<Vec<Point
                 &hist,
                 elapsed,
             ));
-            drop(log);
-            let _ = std::fs::remove_file(&path);
         }
     }
+    drop(log);
+    let _ = std::fs::remove_file(&path);
     Ok(out)
 }
 
