@@ -1,9 +1,9 @@
 //! A simulated disk: deterministic, in memory, with crash semantics.
 //!
-//! What it does: implements [`Disk`] over two byte images, the medium
-//! (`durable`) and what reads see (`current`). A write changes `current` at
-//! once and joins the list of pending writes; completing a job (`wait`)
-//! moves that job's writes to the medium, as a sync does. A crash keeps
+//! What it does: implements [`Disk`] over the medium (`durable`) and the
+//! list of pending writes: a write joins the list at once (reads see it,
+//! laid over the medium); completing a job (`wait`) moves that job's writes
+//! to the medium, as a sync does. A crash keeps
 //! the medium plus a prefix (in submission order) of the pending writes,
 //! the last of which may be torn (only a prefix of its bytes, or of its
 //! sectors, reaches the medium). Faults can be injected: a full disk (every
@@ -13,19 +13,71 @@
 //! simulator decides when a job completes by calling `RingLog::complete_flush`.
 //!
 //! Invariants: `durable` is the zeroed image plus every completed job and
-//! durable write, in order; `current` is `durable` plus every pending write.
+//! durable write, in order; what a read sees is `durable` with every pending
+//! write laid over it in submission order.
 
 use crate::disk::{AlignedBuf, Disk, FlushJob};
 use crate::format::SECTOR_BYTES;
 use crate::StorageError;
 use rand::{Rng, SeedableRng};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Clone, Debug)]
 struct PendingWrite {
     ticket: u64,
     offset: u64,
-    data: Vec<u8>,
+    data: AlignedBuf,
+}
+
+/// Buffers kept for reuse by the ring log's staging (saves allocations).
+const SPARE_BUFFERS_MAX: usize = 4;
+
+/// The medium: sparse, one entry per sector ever written (absent sectors
+/// read as zeros), so a large simulated disk costs only what is written.
+#[derive(Clone, Debug, Default)]
+struct Medium {
+    size_bytes: u64,
+    sectors: BTreeMap<u64, Box<[u8; SECTOR_BYTES]>>,
+}
+
+impl Medium {
+    fn new(size_bytes: u64) -> Medium {
+        Medium {
+            size_bytes,
+            sectors: BTreeMap::new(),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let mut at = 0;
+        while at < data.len() {
+            let position = offset + at as u64;
+            let sector = position / SECTOR_BYTES as u64;
+            let within = (position % SECTOR_BYTES as u64) as usize;
+            let count = (SECTOR_BYTES - within).min(data.len() - at);
+            let bytes = self
+                .sectors
+                .entry(sector)
+                .or_insert_with(|| Box::new([0; SECTOR_BYTES]));
+            bytes[within..within + count].copy_from_slice(&data[at..at + count]);
+            at += count;
+        }
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) {
+        let mut at = 0;
+        while at < out.len() {
+            let position = offset + at as u64;
+            let sector = position / SECTOR_BYTES as u64;
+            let within = (position % SECTOR_BYTES as u64) as usize;
+            let count = (SECTOR_BYTES - within).min(out.len() - at);
+            match self.sectors.get(&sector) {
+                Some(bytes) => out[at..at + count].copy_from_slice(&bytes[within..within + count]),
+                None => out[at..at + count].fill(0),
+            }
+            at += count;
+        }
+    }
 }
 
 /// How much of the pending writes a crash keeps.
@@ -50,9 +102,9 @@ pub struct SimDiskStats {
 /// A simulated disk (see the module documentation).
 #[derive(Clone, Debug)]
 pub struct SimDisk {
-    durable: Vec<u8>,
-    current: Vec<u8>,
+    durable: Medium,
     pending: VecDeque<PendingWrite>,
+    spare: Vec<AlignedBuf>,
     jobs: VecDeque<u64>,
     full: bool,
     stats: SimDiskStats,
@@ -63,9 +115,9 @@ impl SimDisk {
     pub fn new(size_bytes: u64) -> SimDisk {
         assert_eq!(size_bytes % SECTOR_BYTES as u64, 0);
         SimDisk {
-            durable: vec![0; size_bytes as usize],
-            current: vec![0; size_bytes as usize],
+            durable: Medium::new(size_bytes),
             pending: VecDeque::new(),
+            spare: Vec::new(),
             jobs: VecDeque::new(),
             full: false,
             stats: SimDiskStats::default(),
@@ -90,21 +142,29 @@ impl SimDisk {
             .collect()
     }
 
-    /// Flips one bit on the medium (and in what reads see).
+    /// Flips one bit on the medium.
     pub fn flip_bit(&mut self, offset: u64, bit: u8) {
         assert!(bit < 8);
-        self.durable[offset as usize] ^= 1 << bit;
-        self.current[offset as usize] ^= 1 << bit;
+        let mut byte = [0u8];
+        self.durable.read(offset, &mut byte);
+        byte[0] ^= 1 << bit;
+        self.durable.write(offset, &byte);
     }
 
     /// A disk whose medium holds `image` (a whole number of sectors), for
     /// fuzzing and tests that craft disk contents.
     pub fn from_image(image: Vec<u8>) -> SimDisk {
         assert_eq!(image.len() % SECTOR_BYTES, 0);
+        let mut durable = Medium::new(image.len() as u64);
+        for (i, sector) in image.chunks(SECTOR_BYTES).enumerate() {
+            if sector.iter().any(|&b| b != 0) {
+                durable.write((i * SECTOR_BYTES) as u64, sector);
+            }
+        }
         SimDisk {
-            current: image.clone(),
-            durable: image,
+            durable,
             pending: VecDeque::new(),
+            spare: Vec::new(),
             jobs: VecDeque::new(),
             full: false,
             stats: SimDiskStats::default(),
@@ -113,12 +173,16 @@ impl SimDisk {
 
     /// The medium's bytes (pending writes are not on it).
     pub fn into_image(self) -> Vec<u8> {
-        self.durable
+        let mut image = vec![0; self.durable.size_bytes as usize];
+        self.durable.read(0, &mut image);
+        image
     }
 
     /// The bytes on the medium (for tests).
-    pub fn durable_bytes(&self, offset: u64, len: usize) -> &[u8] {
-        &self.durable[offset as usize..offset as usize + len]
+    pub fn durable_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0; len];
+        self.durable.read(offset, &mut out);
+        out
     }
 
     /// A power loss or kill -9 with a random outcome drawn from `seed`: a
@@ -162,10 +226,9 @@ impl SimDisk {
                     len = torn;
                 }
             }
-            let at = write.offset as usize;
-            self.durable[at..at + len].copy_from_slice(&write.data[..len]);
+            self.durable
+                .write(write.offset, &write.data.as_slice()[..len]);
         }
-        self.current.copy_from_slice(&self.durable);
         self.pending.clear();
         self.jobs.clear();
         self.stats.crashes += 1;
@@ -175,14 +238,14 @@ impl SimDisk {
         let aligned =
             offset.is_multiple_of(SECTOR_BYTES as u64) && len.is_multiple_of(SECTOR_BYTES);
         assert!(aligned, "unaligned access at {offset} of {len} bytes");
-        if offset + len as u64 > self.current.len() as u64 {
+        if offset + len as u64 > self.durable.size_bytes {
             return Err(StorageError::Io {
                 path: "simulated disk".into(),
                 source: std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     format!(
                         "access at {offset}+{len} past the end {}",
-                        self.current.len()
+                        self.durable.size_bytes
                     ),
                 ),
             });
@@ -200,8 +263,10 @@ impl SimDisk {
                 break;
             }
             let write = self.pending.pop_front().expect("front exists");
-            let at = write.offset as usize;
-            self.durable[at..at + write.data.len()].copy_from_slice(&write.data);
+            self.durable.write(write.offset, write.data.as_slice());
+            if self.spare.len() < SPARE_BUFFERS_MAX {
+                self.spare.push(write.data);
+            }
         }
         self.stats.syncs += 1;
     }
@@ -209,15 +274,26 @@ impl SimDisk {
 
 impl Disk for SimDisk {
     fn size_bytes(&self) -> u64 {
-        self.current.len() as u64
+        self.durable.size_bytes
     }
 
     fn read(&self, offset: u64, buf: &mut AlignedBuf) -> Result<(), StorageError> {
         self.check_range(offset, buf.len())?;
-        let at = offset as usize;
-        let len = buf.len();
-        buf.as_mut_slice()
-            .copy_from_slice(&self.current[at..at + len]);
+        let (start, end) = (offset as usize, offset as usize + buf.len());
+        let out = buf.as_mut_slice();
+        self.durable.read(offset, out);
+        // Pending writes, in order, over the medium.
+        for write in &self.pending {
+            let (w_start, w_end) = (
+                write.offset as usize,
+                write.offset as usize + write.data.len(),
+            );
+            let (lo, hi) = (start.max(w_start), end.min(w_end));
+            if lo < hi {
+                out[lo - start..hi - start]
+                    .copy_from_slice(&write.data.as_slice()[lo - w_start..hi - w_start]);
+            }
+        }
         Ok(())
     }
 
@@ -226,9 +302,7 @@ impl Disk for SimDisk {
         if self.full {
             return Err(self.full_error());
         }
-        let at = offset as usize;
-        self.current[at..at + buf.len()].copy_from_slice(buf.as_slice());
-        self.durable[at..at + buf.len()].copy_from_slice(buf.as_slice());
+        self.durable.write(offset, buf.as_slice());
         self.stats.writes += 1;
         self.stats.syncs += 1;
         self.stats.bytes_written += buf.len() as u64;
@@ -246,14 +320,12 @@ impl Disk for SimDisk {
         }
         for write in job.stages.into_iter().flatten() {
             self.check_range(write.offset, write.buf.len())?;
-            let at = write.offset as usize;
-            self.current[at..at + write.buf.len()].copy_from_slice(write.buf.as_slice());
             self.stats.writes += 1;
             self.stats.bytes_written += write.buf.len() as u64;
             self.pending.push_back(PendingWrite {
                 ticket: job.ticket,
                 offset: write.offset,
-                data: write.buf.as_slice().to_vec(),
+                data: write.buf,
             });
         }
         self.jobs.push_back(job.ticket);
@@ -274,6 +346,10 @@ impl Disk for SimDisk {
     fn sync_all(&mut self) -> Result<(), StorageError> {
         self.make_durable(None);
         Ok(())
+    }
+
+    fn spare_buffer(&mut self) -> Option<AlignedBuf> {
+        self.spare.pop()
     }
 }
 
