@@ -1,1 +1,14 @@
+//! Bunker: passive replication of an opaque, non-deterministic,
+//! file-backed application over a Raft log.
+//!
+//! - [`raft`]: the sans-IO consensus core.
+//! - [`delta`]: the delta engine: capture, apply, rollback and snapshot of
+//!   the application's file tree.
+//! - [`sim`]: the deterministic simulator that drives the real core through
+//!   crashes, torn writes, partitions and selective packet loss.
+//! - [`wire`]: the versioned wire encoding of consensus messages.
+
+pub mod delta;
 pub mod raft;
+pub mod sim;
+pub mod wire;

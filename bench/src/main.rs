@@ -4,6 +4,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod delta;
 mod log;
 
 #[derive(Parser)]
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Placeholder until the first benchmark lands.
     Version,
+    /// Delta engine: capture/apply time and delta size vs database and change size.
+    Delta(delta::DeltaArgs),
     /// The durable log (ringlog): append latency and throughput against the
     /// disk's own sync-write baselines.
     Log(log::LogArgs),
@@ -29,6 +32,12 @@ fn main() {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => println!("bunker-bench {}", env!("CARGO_PKG_VERSION")),
+        Command::Delta(args) => {
+            if let Err(err) = delta::run(args) {
+                eprintln!("bunker-bench delta: {err}");
+                std::process::exit(1);
+            }
+        }
         Command::Log(args) => {
             if let Err(e) = log::run(args) {
                 eprintln!("bunker-bench log: {e}");

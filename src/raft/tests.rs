@@ -1,0 +1,670 @@
+//! Engine tests: one core, driven by hand, with the exact effects it must
+//! produce. Each test names the part of the Raft paper (Ongaro and
+//! Ousterhout, 2014) or of Ongaro's thesis (2014) it checks.
+
+use crate::raft::{AppendResult, Body, Effect, Membership, Message, Mutation, Options, Raft, Role};
+use crate::sim::log::SimLog;
+use bytes::Bytes;
+use ringlog::{Entry, EntryKind, HardState, LogId, LogStore, NodeId, Term};
+
+fn core_with(id: NodeId, voters: &[NodeId], opts: Options) -> Raft<SimLog> {
+    let membership = Membership::new(voters.iter().copied()).unwrap();
+    Raft::new(id, opts, membership, SimLog::new(), LogId::ZERO, 7).unwrap()
+}
+
+fn core(id: NodeId) -> Raft<SimLog> {
+    core_with(id, &[1, 2, 3], Options::default())
+}
+
+fn drain(r: &mut Raft<SimLog>) -> Vec<Effect> {
+    std::iter::from_fn(|| r.poll_effect()).collect()
+}
+
+fn sent(effects: &[Effect]) -> Vec<Message> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn msg(from: NodeId, to: NodeId, term: Term, body: Body) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        body,
+    }
+}
+
+fn entry(index: u64, term: Term) -> Entry {
+    Entry {
+        index,
+        term,
+        kind: EntryKind::Command,
+        data: Bytes::from(vec![index as u8; 4]),
+    }
+}
+
+/// Ticks until the election timer fires (at most twice the minimum).
+fn time_out(r: &mut Raft<SimLog>) -> Vec<Effect> {
+    let mut effects = Vec::new();
+    for _ in 0..2 * Options::default().election_ticks_min {
+        r.handle_tick().unwrap();
+        effects.extend(drain(r));
+        if r.role() != Role::Follower {
+            break;
+        }
+    }
+    effects
+}
+
+/// Makes the log durable up to its last entry, as a group commit would.
+fn sync(r: &mut Raft<SimLog>) -> Vec<Effect> {
+    let ops = r.log().begin_sync();
+    let durable = r.log_mut().complete_sync(ops);
+    r.handle_log_durable(durable).unwrap();
+    drain(r)
+}
+
+/// Elects server 1 of {1, 2, 3} in term 1 with a vote from 2.
+fn leader() -> Raft<SimLog> {
+    let mut r = core(1);
+    time_out(&mut r);
+    r.handle_message(msg(2, 1, 1, Body::PreVoteResponse { granted: true }))
+        .unwrap();
+    drain(&mut r);
+    r.handle_message(msg(2, 1, 1, Body::VoteResponse { granted: true }))
+        .unwrap();
+    drain(&mut r);
+    assert_eq!(r.role(), Role::Leader);
+    r
+}
+
+#[test]
+fn election_timeout_starts_a_pre_vote_without_changing_the_term() {
+    // Thesis §9.6: a pre-candidate asks whether it could win before it
+    // disrupts anyone with a higher term.
+    let mut r = core(1);
+    let effects = time_out(&mut r);
+    assert_eq!(r.role(), Role::PreCandidate);
+    assert_eq!(r.term(), 0);
+    assert_eq!(r.log().hard_state(), HardState::default());
+    let last_log = LogId::ZERO;
+    assert_eq!(
+        sent(&effects),
+        vec![
+            msg(1, 2, 1, Body::PreVote { last_log }),
+            msg(1, 3, 1, Body::PreVote { last_log }),
+        ]
+    );
+}
+
+#[test]
+fn winning_the_pre_vote_persists_term_and_vote_before_asking_for_votes() {
+    // Raft §5.2 and Figure 2: currentTerm and votedFor are durable before
+    // the RequestVote RPCs that depend on them leave.
+    let mut r = core(1);
+    time_out(&mut r);
+    r.handle_message(msg(2, 1, 1, Body::PreVoteResponse { granted: true }))
+        .unwrap();
+    let effects = drain(&mut r);
+    assert_eq!(r.role(), Role::Candidate);
+    assert_eq!(
+        r.log().hard_state(),
+        HardState {
+            term: 1,
+            vote: Some(1)
+        }
+    );
+    let last_log = LogId::ZERO;
+    assert_eq!(
+        sent(&effects),
+        vec![
+            msg(1, 2, 1, Body::Vote { last_log }),
+            msg(1, 3, 1, Body::Vote { last_log })
+        ]
+    );
+}
+
+#[test]
+fn a_granted_pre_vote_from_an_older_round_does_not_count() {
+    let mut r = core(1);
+    time_out(&mut r);
+    // A granted pre-vote carries the term asked for (1); one at our own
+    // term (0) answers something else and must not elect us.
+    r.handle_message(msg(2, 1, 0, Body::PreVoteResponse { granted: true }))
+        .unwrap();
+    assert_eq!(r.role(), Role::PreCandidate);
+}
+
+#[test]
+fn new_leader_appends_its_barrier_and_reports_when_it_commits() {
+    // Raft §5.4.2 and §8: a leader commits an entry of its own term first.
+    let mut r = leader();
+    assert_eq!(r.last_log_id(), LogId::new(1, 1));
+    let barrier = r.log().entries(1, 2, u64::MAX).unwrap();
+    assert_eq!(barrier[0].kind, EntryKind::Noop);
+    // The follower's acknowledgement alone is not a majority with an
+    // undurable leader log: nothing commits until the leader's write lands.
+    let ack = AppendResult::Success { match_index: 1 };
+    r.handle_message(msg(
+        2,
+        1,
+        1,
+        Body::AppendResponse {
+            result: ack,
+            seq: 0,
+        },
+    ))
+    .unwrap();
+    assert!(drain(&mut r)
+        .iter()
+        .all(|e| !matches!(e, Effect::Committed { .. })));
+    let effects = sync(&mut r);
+    assert!(effects.contains(&Effect::BarrierPassed { term: 1, index: 1 }));
+    assert!(effects.contains(&Effect::Committed { index: 1 }));
+    assert!(r.barrier_passed());
+}
+
+#[test]
+fn follower_acknowledges_only_durable_entries() {
+    // Raft §5.3 with durability: an acknowledgement promises the entries
+    // survive a crash of the follower.
+    let mut r = core(2);
+    let append = Body::Append {
+        prev: LogId::ZERO,
+        entries: vec![entry(1, 1)],
+        commit: 0,
+        seq: 3,
+    };
+    r.handle_message(msg(1, 2, 1, append)).unwrap();
+    let effects = drain(&mut r);
+    assert!(
+        sent(&effects).is_empty(),
+        "no acknowledgement before the sync: {effects:?}"
+    );
+    assert_eq!(
+        r.log().hard_state(),
+        HardState {
+            term: 1,
+            vote: None
+        }
+    );
+    let effects = sync(&mut r);
+    let ack = AppendResult::Success { match_index: 1 };
+    assert_eq!(
+        sent(&effects),
+        vec![msg(
+            2,
+            1,
+            1,
+            Body::AppendResponse {
+                result: ack,
+                seq: 3
+            }
+        )]
+    );
+}
+
+#[test]
+fn ack_before_durable_mutation_acknowledges_early() {
+    let opts = Options {
+        mutation: Mutation::AckBeforeDurable,
+        ..Options::default()
+    };
+    let mut r = core_with(2, &[1, 2, 3], opts);
+    let append = Body::Append {
+        prev: LogId::ZERO,
+        entries: vec![entry(1, 1)],
+        commit: 0,
+        seq: 0,
+    };
+    r.handle_message(msg(1, 2, 1, append)).unwrap();
+    assert_eq!(
+        sent(&drain(&mut r)).len(),
+        1,
+        "the mutation must be observable"
+    );
+}
+
+#[test]
+fn leader_does_not_commit_an_older_term_entry_by_counting_replicas() {
+    // Raft §5.4.2, Figure 8 (c): entry 2 of term 1 is on a majority, but the
+    // leader of term 3 may not commit it until an entry of term 3 commits.
+    let mut log = SimLog::new();
+    log.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+    log.save_hard_state(HardState {
+        term: 2,
+        vote: None,
+    })
+    .unwrap();
+    let ops = log.begin_sync();
+    log.complete_sync(ops);
+    for (mutation, commits_old) in [(Mutation::None, false), (Mutation::CommitOlderTerms, true)] {
+        let membership = Membership::new([1, 2, 3]).unwrap();
+        let mut cloned = SimLog::new();
+        cloned
+            .append(&log.entries(1, 3, u64::MAX).unwrap())
+            .unwrap();
+        cloned.save_hard_state(log.hard_state()).unwrap();
+        let ops = cloned.begin_sync();
+        let durable = cloned.complete_sync(ops);
+        let opts = Options {
+            mutation,
+            ..Options::default()
+        };
+        let mut r = Raft::new(1, opts, membership, cloned, LogId::ZERO, 1).unwrap();
+        r.handle_log_durable(durable).unwrap();
+        time_out(&mut r);
+        r.handle_message(msg(2, 1, 3, Body::PreVoteResponse { granted: true }))
+            .unwrap();
+        r.handle_message(msg(2, 1, 3, Body::VoteResponse { granted: true }))
+            .unwrap();
+        drain(&mut r);
+        assert!(r.is_leader());
+        assert_eq!(r.term(), 3);
+        // Follower 2 holds entry 2 (of term 1) but not the barrier (3@t3).
+        let ack = AppendResult::Success { match_index: 2 };
+        r.handle_message(msg(
+            2,
+            1,
+            3,
+            Body::AppendResponse {
+                result: ack,
+                seq: 0,
+            },
+        ))
+        .unwrap();
+        drain(&mut r);
+        assert_eq!(r.commit_index() >= 2, commits_old, "mutation {mutation:?}");
+    }
+}
+
+#[test]
+fn follower_truncates_a_conflicting_suffix() {
+    // Raft §5.3: an existing entry that conflicts with a new one is deleted
+    // with all that follow it.
+    let mut r = core(2);
+    let append = Body::Append {
+        prev: LogId::ZERO,
+        entries: vec![entry(1, 1), entry(2, 1)],
+        commit: 1,
+        seq: 0,
+    };
+    r.handle_message(msg(1, 2, 1, append)).unwrap();
+    sync(&mut r);
+    let append = Body::Append {
+        prev: LogId::new(1, 1),
+        entries: vec![entry(2, 2)],
+        commit: 1,
+        seq: 0,
+    };
+    r.handle_message(msg(3, 2, 2, append)).unwrap();
+    let effects = drain(&mut r);
+    assert!(effects.contains(&Effect::EntriesDiscarded { from: 2 }));
+    assert_eq!(r.last_log_id(), LogId::new(2, 2));
+    assert_eq!(r.durable_index(), 1, "the new entry is not durable yet");
+}
+
+#[test]
+fn rejection_carries_the_conflicting_term_for_fast_backtracking() {
+    // Raft §5.3, the optimization at the end: the follower names the term of
+    // its conflicting entry and the first index it holds for that term.
+    let mut r = core(2);
+    let entries = vec![entry(1, 1), entry(2, 1), entry(3, 1)];
+    r.handle_message(msg(
+        1,
+        2,
+        1,
+        Body::Append {
+            prev: LogId::ZERO,
+            entries,
+            commit: 0,
+            seq: 0,
+        },
+    ))
+    .unwrap();
+    sync(&mut r);
+    let probe = Body::Append {
+        prev: LogId::new(3, 2),
+        entries: vec![],
+        commit: 0,
+        seq: 0,
+    };
+    r.handle_message(msg(3, 2, 2, probe)).unwrap();
+    let reject = AppendResult::Reject {
+        rejected_prev: 3,
+        hint_index: 1,
+        hint_term: Some(1),
+    };
+    assert_eq!(
+        sent(&drain(&mut r)),
+        vec![msg(
+            2,
+            3,
+            2,
+            Body::AppendResponse {
+                result: reject,
+                seq: 0
+            }
+        )]
+    );
+}
+
+#[test]
+fn follower_in_lease_ignores_votes_and_denies_pre_votes() {
+    // Thesis §4.2.3 / §9.6: a server that heard from its leader within the
+    // minimum election timeout does not help depose it.
+    let mut r = core(2);
+    r.handle_message(msg(1, 2, 1, Body::Heartbeat { commit: 0, seq: 0 }))
+        .unwrap();
+    drain(&mut r);
+    r.handle_message(msg(
+        3,
+        2,
+        2,
+        Body::PreVote {
+            last_log: LogId::new(5, 1),
+        },
+    ))
+    .unwrap();
+    assert_eq!(
+        sent(&drain(&mut r)),
+        vec![msg(2, 3, 1, Body::PreVoteResponse { granted: false })]
+    );
+    r.handle_message(msg(
+        3,
+        2,
+        2,
+        Body::Vote {
+            last_log: LogId::new(5, 1),
+        },
+    ))
+    .unwrap();
+    assert!(sent(&drain(&mut r)).is_empty());
+    assert_eq!(r.term(), 1, "the vote request did not raise the term");
+}
+
+#[test]
+fn vote_is_granted_once_per_term_and_only_to_an_up_to_date_log() {
+    // Raft §5.2 (one vote per term) and §5.4.1 (election restriction).
+    let mut r = core(3);
+    let append = Body::Append {
+        prev: LogId::ZERO,
+        entries: vec![entry(1, 1)],
+        commit: 0,
+        seq: 0,
+    };
+    r.handle_message(msg(1, 3, 1, append)).unwrap();
+    sync(&mut r);
+    for _ in 0..2 * Options::default().election_ticks_min {
+        r.handle_tick().unwrap();
+    }
+    drain(&mut r);
+    r.handle_message(msg(
+        2,
+        3,
+        2,
+        Body::Vote {
+            last_log: LogId::ZERO,
+        },
+    ))
+    .unwrap();
+    let denied = msg(3, 2, 2, Body::VoteResponse { granted: false });
+    assert!(sent(&drain(&mut r)).contains(&denied), "stale log denied");
+    r.handle_message(msg(
+        1,
+        3,
+        2,
+        Body::Vote {
+            last_log: LogId::new(1, 1),
+        },
+    ))
+    .unwrap();
+    assert!(sent(&drain(&mut r)).contains(&msg(3, 1, 2, Body::VoteResponse { granted: true })));
+    assert_eq!(
+        r.log().hard_state(),
+        HardState {
+            term: 2,
+            vote: Some(1)
+        }
+    );
+    r.handle_message(msg(
+        2,
+        3,
+        2,
+        Body::Vote {
+            last_log: LogId::new(1, 1),
+        },
+    ))
+    .unwrap();
+    assert!(sent(&drain(&mut r)).contains(&msg(3, 2, 2, Body::VoteResponse { granted: false })));
+}
+
+#[test]
+fn stale_leader_learns_the_newer_term_and_steps_down() {
+    // Raft §5.1: a server with a stale term reverts to follower on seeing a
+    // newer one.
+    let mut r = leader();
+    let reject = AppendResult::Reject {
+        rejected_prev: 0,
+        hint_index: 0,
+        hint_term: None,
+    };
+    r.handle_message(msg(
+        2,
+        1,
+        5,
+        Body::AppendResponse {
+            result: reject,
+            seq: 0,
+        },
+    ))
+    .unwrap();
+    let effects = drain(&mut r);
+    assert!(effects.contains(&Effect::LostLeadership { term: 5 }));
+    assert_eq!(r.role(), Role::Follower);
+    assert_eq!(r.term(), 5);
+    assert_eq!(
+        r.log().hard_state(),
+        HardState {
+            term: 5,
+            vote: None
+        }
+    );
+}
+
+#[test]
+fn read_index_waits_for_a_quorum_to_confirm_leadership() {
+    // Thesis §6.4: a read is served at the commit index once a majority has
+    // acknowledged a heartbeat sent after the read arrived.
+    let mut r = leader();
+    r.handle_message(msg(
+        2,
+        1,
+        1,
+        Body::AppendResponse {
+            result: AppendResult::Success { match_index: 1 },
+            seq: 0,
+        },
+    ))
+    .unwrap();
+    sync(&mut r);
+    r.read_index(42).unwrap();
+    let effects = drain(&mut r);
+    let heartbeats = sent(&effects);
+    assert_eq!(heartbeats.len(), 2);
+    assert!(heartbeats
+        .iter()
+        .all(|m| matches!(m.body, Body::Heartbeat { seq: 1, .. })));
+    // An answer to an older heartbeat does not confirm the read.
+    r.handle_message(msg(
+        2,
+        1,
+        1,
+        Body::HeartbeatResponse {
+            match_index: 1,
+            seq: 0,
+        },
+    ))
+    .unwrap();
+    assert!(!drain(&mut r)
+        .iter()
+        .any(|e| matches!(e, Effect::ReadReady { .. })));
+    r.handle_message(msg(
+        3,
+        1,
+        1,
+        Body::HeartbeatResponse {
+            match_index: 1,
+            seq: 1,
+        },
+    ))
+    .unwrap();
+    assert!(drain(&mut r).contains(&Effect::ReadReady { ctx: 42, index: 1 }));
+}
+
+#[test]
+fn read_index_is_refused_before_the_barrier_commits() {
+    let mut r = leader();
+    assert!(matches!(
+        r.read_index(1),
+        Err(crate::raft::ReadError::BarrierPending)
+    ));
+}
+
+#[test]
+fn malformed_append_is_dropped() {
+    let mut r = core(2);
+    // Entry indexes do not follow prev.
+    let bad = Body::Append {
+        prev: LogId::ZERO,
+        entries: vec![entry(2, 1)],
+        commit: 9,
+        seq: 0,
+    };
+    r.handle_message(msg(1, 2, 1, bad)).unwrap();
+    // Entry term above the sender's term.
+    let bad = Body::Append {
+        prev: LogId::ZERO,
+        entries: vec![entry(1, 7)],
+        commit: 0,
+        seq: 0,
+    };
+    r.handle_message(msg(1, 2, 1, bad)).unwrap();
+    assert_eq!(r.last_log_id(), LogId::ZERO);
+    assert_eq!(r.commit_index(), 0);
+}
+
+#[test]
+fn lagging_follower_behind_the_released_prefix_needs_a_snapshot() {
+    // Raft §7: entries a follower needs were released after a snapshot.
+    let mut r = leader();
+    let ack = AppendResult::Success { match_index: 1 };
+    r.handle_message(msg(
+        3,
+        1,
+        1,
+        Body::AppendResponse {
+            result: ack,
+            seq: 0,
+        },
+    ))
+    .unwrap();
+    for _ in 0..5 {
+        r.propose(Bytes::from_static(b"x")).unwrap();
+    }
+    drain(&mut r);
+    let ack = AppendResult::Success { match_index: 6 };
+    r.handle_message(msg(
+        2,
+        1,
+        1,
+        Body::AppendResponse {
+            result: ack,
+            seq: 0,
+        },
+    ))
+    .unwrap();
+    sync(&mut r);
+    assert_eq!(r.commit_index(), 6);
+    r.compact(6).unwrap();
+    // Follower 3 lost the appends after entry 1 and rejects the next one.
+    let reject = AppendResult::Reject {
+        rejected_prev: 1,
+        hint_index: 2,
+        hint_term: None,
+    };
+    r.handle_message(msg(
+        3,
+        1,
+        1,
+        Body::AppendResponse {
+            result: reject,
+            seq: 0,
+        },
+    ))
+    .unwrap();
+    assert!(drain(&mut r).contains(&Effect::SnapshotNeeded { to: 3 }));
+}
+
+#[test]
+fn a_stale_leader_steps_down_before_accepting_a_snapshot() {
+    // Raft §7 InstallSnapshot obeys the term rules of §5.1.
+    let mut r = leader();
+    assert!(r.accept_snapshot(2, 2, LogId::new(10, 2)).unwrap());
+    assert_eq!(r.role(), Role::Follower);
+    assert_eq!(r.term(), 2);
+    assert!(
+        !r.accept_snapshot(3, 1, LogId::new(20, 1)).unwrap(),
+        "older term refused"
+    );
+    let membership = Membership::new([1, 2, 3]).unwrap();
+    r.handle_snapshot_installed(LogId::new(10, 2), membership)
+        .unwrap();
+    assert_eq!(r.commit_index(), 10);
+    assert_eq!(r.last_log_id(), LogId::new(10, 2));
+}
+
+proptest::proptest! {
+    /// Whatever peers send, the core neither panics nor breaks its own
+    /// invariants (which it asserts after every call).
+    #[test]
+    fn arbitrary_peer_messages_never_panic(
+        script in proptest::collection::vec((0u8..8, 1u64..4, 0u64..6, 0u64..8, 0u64..6, 0usize..4), 1..200)
+    ) {
+        let mut r = core(1);
+        for (kind, from, term, index, entry_term, count) in script {
+            let prev = LogId::new(index, entry_term);
+            let entries: Vec<Entry> = (0..count as u64).map(|i| entry(index + 1 + i, entry_term + i / 2)).collect();
+            let body = match kind {
+                0 => Body::PreVote { last_log: prev },
+                1 => Body::PreVoteResponse { granted: index % 2 == 0 },
+                2 => Body::Vote { last_log: prev },
+                3 => Body::VoteResponse { granted: index % 2 == 0 },
+                4 => Body::Append { prev, entries, commit: index, seq: entry_term },
+                5 => Body::AppendResponse {
+                    result: if count % 2 == 0 {
+                        AppendResult::Success { match_index: index }
+                    } else {
+                        AppendResult::Reject { rejected_prev: index, hint_index: entry_term, hint_term: Some(term) }
+                    },
+                    seq: index,
+                },
+                6 => Body::Heartbeat { commit: index, seq: entry_term },
+                _ => Body::HeartbeatResponse { match_index: index, seq: entry_term },
+            };
+            r.handle_message(msg(from, 1, term, body)).unwrap();
+            if index % 3 == 0 {
+                r.handle_tick().unwrap();
+            }
+            if index % 4 == 0 {
+                sync(&mut r);
+            }
+            drain(&mut r);
+        }
+    }
+}

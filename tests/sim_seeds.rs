@@ -1,0 +1,74 @@
+//! A bounded run of the randomized simulator, as part of the test suite:
+//! every seed goes through the safety, liveness and convergence phases with
+//! every checker on. `BUNKER_SIM_SEEDS` sets how many seeds (default: 2000
+//! with optimizations, 200 without); `bunker-sim` runs longer ranges.
+
+use bunker::sim::{run_seed, RunConfig};
+
+fn seed_count() -> u64 {
+    let default = if cfg!(debug_assertions) { 200 } else { 2000 };
+    std::env::var("BUNKER_SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn randomized_seeds_pass_every_checker() {
+    let seeds = seed_count();
+    let cfg = RunConfig::default();
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as u64;
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..jobs)
+            .map(|job| {
+                let cfg = &cfg;
+                scope.spawn(move || {
+                    let mut failures = Vec::new();
+                    let mut seed = job;
+                    while seed < seeds {
+                        let report = run_seed(seed, cfg);
+                        if let Some(v) = report.violations.first() {
+                            failures.push(format!(
+                                "seed {seed}: {} | replay: cargo run --release --bin bunker-sim -- --seeds {seed} --trace",
+                                v.what
+                            ));
+                        }
+                        seed += jobs;
+                    }
+                    failures
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker"))
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// One seed reproduces a whole run: the same seed twice gives the same
+/// events, elections, acknowledgements and violations.
+#[test]
+fn a_seed_replays_exactly() {
+    let cfg = RunConfig::default();
+    for seed in [3, 77, 1234] {
+        let a = run_seed(seed, &cfg);
+        let b = run_seed(seed, &cfg);
+        assert_eq!(a.stats.events, b.stats.events, "seed {seed}");
+        assert_eq!(a.stats.elections, b.stats.elections, "seed {seed}");
+        assert_eq!(a.stats.acked, b.stats.acked, "seed {seed}");
+        assert_eq!(a.stats.crashes, b.stats.crashes, "seed {seed}");
+        assert_eq!(a.recovery_us, b.recovery_us, "seed {seed}");
+        assert_eq!(a.sim_us, b.sim_us, "seed {seed}");
+        assert_eq!(a.violations, b.violations, "seed {seed}");
+        assert!(a.stats.events > 10_000, "seed {seed} ran for real");
+    }
+}
