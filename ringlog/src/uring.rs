@@ -95,6 +95,10 @@ pub struct UringDisk {
     thread: Option<JoinHandle<()>>,
     spin_us: u64,
     spare: Vec<AlignedBuf>,
+    /// A small ring for the owner's own durable writes (hard state), so they
+    /// take the same sync path as flushes.
+    owner_ring: IoUring,
+    sync_mode: SyncMode,
 }
 
 /// Receives from `rx`, polling for up to `spin_us` before blocking.
@@ -261,6 +265,7 @@ impl UringDisk {
             .metadata()
             .map_err(|e| explain(path, "reading the file size", e))?
             .len();
+        let owner_ring = new_ring(path)?;
         let file = Arc::new(file);
         let (jobs, jobs_rx) = crossbeam_channel::bounded::<FlushJob>(options.jobs_queued_max);
         let (done_tx, done) = crossbeam_channel::bounded::<Completion>(options.jobs_queued_max + 1);
@@ -280,6 +285,8 @@ impl UringDisk {
             thread: Some(thread),
             spin_us: options.spin_us,
             spare: Vec::new(),
+            owner_ring,
+            sync_mode: options.sync_mode,
         })
     }
 
@@ -385,15 +392,25 @@ impl Disk for UringDisk {
     fn write_durable(&mut self, offset: u64, buf: &AlignedBuf) -> Result<(), StorageError> {
         assert_eq!(offset % SECTOR_BYTES as u64, 0);
         assert_eq!(buf.len() % SECTOR_BYTES, 0);
-        self.file
-            .write_all_at(buf.as_slice(), offset)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| {
-                self.error(
-                    &format!("writing {} bytes at offset {offset}", buf.len()),
-                    e,
-                )
-            })
+        // The same durable-write path as flushes (the measured choice), on
+        // the owner's thread: the caller needs the result before it goes on.
+        let write = crate::disk::Write {
+            offset,
+            buf: buf.clone(),
+        };
+        let fd = self.file.as_raw_fd();
+        run_stage(
+            &mut self.owner_ring,
+            fd,
+            self.sync_mode,
+            std::slice::from_ref(&write),
+        )
+        .map_err(|e| {
+            self.error(
+                &format!("writing {} bytes at offset {offset}", buf.len()),
+                e,
+            )
+        })
     }
 
     fn submit(&mut self, job: FlushJob) -> Result<(), StorageError> {
