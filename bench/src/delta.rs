@@ -369,7 +369,7 @@ pub fn run(args: DeltaArgs) -> Result<(), String> {
         .map(|s| parse_size(s))
         .collect::<Result<_, _>>()?;
     let max_part = parse_size(&args.max_part)? as usize;
-    if changes.iter().any(|c| *c == 0) {
+    if changes.contains(&0) {
         return Err("change sizes must be at least 1 byte".into());
     }
     let config = EngineConfig {
