@@ -115,7 +115,9 @@ impl SnapshotInstall {
 /// Where an install stands after a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InstallProgress {
-    NeedMore { next_seq: u64 },
+    NeedMore {
+        next_seq: u64,
+    },
     Installed {
         index: u64,
         term: u64,
