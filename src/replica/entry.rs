@@ -82,7 +82,16 @@ impl ReplicaEntry {
             ReplicaEntry::Command(c) => {
                 assert!(c.expired.len() <= EXPIRED_PER_ENTRY_MAX);
                 let (client, seq, status, generation) = (c.client, c.seq, c.status, c.generation);
-                (KIND_COMMAND, client, seq, status, generation, &c.response, &c.expired[..], &c.part)
+                (
+                    KIND_COMMAND,
+                    client,
+                    seq,
+                    status,
+                    generation,
+                    &c.response,
+                    &c.expired[..],
+                    &c.part,
+                )
             }
         };
         let len = ENVELOPE_BYTES + 8 * expired.len() + response.len() + part.len();
@@ -112,12 +121,21 @@ impl ReplicaEntry {
             return Err(EntryError::Truncated("checksum"));
         }
         let (body, sum) = data.split_at(data.len() - 8);
-        let stored = u64::from_le_bytes(sum.try_into().map_err(|_| EntryError::Truncated("checksum"))?);
+        let stored = u64::from_le_bytes(
+            sum.try_into()
+                .map_err(|_| EntryError::Truncated("checksum"))?,
+        );
         if xxh3_64(body) != stored {
             return Err(EntryError::Checksum);
         }
         let mut r = data.slice(..data.len() - 8);
-        let need = |r: &Bytes, n: usize, what| if r.remaining() < n { Err(EntryError::Truncated(what)) } else { Ok(()) };
+        let need = |r: &Bytes, n: usize, what| {
+            if r.remaining() < n {
+                Err(EntryError::Truncated(what))
+            } else {
+                Ok(())
+            }
+        };
         need(&r, 2 + 8 + 8 + 1 + 8 + 2, "header")?;
         let version = r.get_u8();
         if version != ENTRY_VERSION {
@@ -214,14 +232,23 @@ mod tests {
             body.extend(sum.to_le_bytes());
             Bytes::from(body)
         };
-        assert_eq!(ReplicaEntry::decode(&seal(vec![9])), Err(EntryError::Version(9)));
+        assert_eq!(
+            ReplicaEntry::decode(&seal(vec![9])),
+            Err(EntryError::Version(9))
+        );
         let mut bad_kind = vec![ENTRY_VERSION, 7];
         bad_kind.extend([0u8; 8 + 8 + 1 + 8 + 2]);
         bad_kind.extend([0u8; 8]);
-        assert_eq!(ReplicaEntry::decode(&seal(bad_kind)), Err(EntryError::Kind(7)));
+        assert_eq!(
+            ReplicaEntry::decode(&seal(bad_kind)),
+            Err(EntryError::Kind(7))
+        );
         let mut many = vec![ENTRY_VERSION, KIND_COMMAND];
         many.extend([0u8; 8 + 8 + 1 + 8]);
         many.extend(u16::MAX.to_le_bytes());
-        assert_eq!(ReplicaEntry::decode(&seal(many)), Err(EntryError::TooManyExpired(u16::MAX as usize)));
+        assert_eq!(
+            ReplicaEntry::decode(&seal(many)),
+            Err(EntryError::TooManyExpired(u16::MAX as usize))
+        );
     }
 }

@@ -69,7 +69,10 @@ pub fn encode_record(session: &Session) -> Bytes {
 }
 
 pub fn decode_record(path: &str, data: &[u8]) -> Result<Session, SessionError> {
-    let corrupt = |what| SessionError::Corrupt { path: path.to_string(), what };
+    let corrupt = |what| SessionError::Corrupt {
+        path: path.to_string(),
+        what,
+    };
     if data.len() < 1 + 8 + 1 + 8 + 4 + 8 {
         return Err(corrupt("too short"));
     }
@@ -88,7 +91,12 @@ pub fn decode_record(path: &str, data: &[u8]) -> Result<Session, SessionError> {
     if r.remaining() != len {
         return Err(corrupt("response length"));
     }
-    Ok(Session { seq, status, response: Bytes::copy_from_slice(r), generation })
+    Ok(Session {
+        seq,
+        status,
+        response: Bytes::copy_from_slice(r),
+        generation,
+    })
 }
 
 /// Parses a record file name back into a client id.
@@ -136,14 +144,22 @@ impl SessionTable {
 
     /// Clients by ascending generation (least recently recorded first).
     pub fn oldest(&self) -> Vec<ClientId> {
-        let mut all: Vec<(u64, ClientId)> = self.sessions.iter().map(|(c, s)| (s.generation, *c)).collect();
+        let mut all: Vec<(u64, ClientId)> = self
+            .sessions
+            .iter()
+            .map(|(c, s)| (s.generation, *c))
+            .collect();
         all.sort_unstable();
         all.into_iter().map(|(_, c)| c).collect()
     }
 
     /// Reads every record under `root` (a committed tree directory).
     pub fn load<T: FileTree>(tree: &mut T, root: &str) -> Result<SessionTable, SessionError> {
-        let dir = if root.is_empty() { SESSIONS_DIR.to_string() } else { format!("{root}/{SESSIONS_DIR}") };
+        let dir = if root.is_empty() {
+            SESSIONS_DIR.to_string()
+        } else {
+            format!("{root}/{SESSIONS_DIR}")
+        };
         let mut table = SessionTable::default();
         if tree.stat(&dir)?.is_none() {
             return Ok(table);
@@ -151,7 +167,10 @@ impl SessionTable {
         for name in tree.list(&dir)? {
             let path = format!("{dir}/{name}");
             let Some(client) = client_of(&name) else {
-                return Err(SessionError::Corrupt { path, what: "not a session record name" });
+                return Err(SessionError::Corrupt {
+                    path,
+                    what: "not a session record name",
+                });
             };
             let session = tree.with_file(&path, |data| decode_record(&path, data))??;
             table.record(client, session);

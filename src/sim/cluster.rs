@@ -1073,3 +1073,54 @@ impl Sim {
         entry_digest(entry)
     }
 }
+
+impl crate::sim::nemesis::FaultTarget for Sim {
+    fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+    fn now_us(&self) -> u64 {
+        self.now_us
+    }
+    fn net(&mut self) -> &mut Network {
+        &mut self.net
+    }
+    fn net_ref(&self) -> &Network {
+        &self.net
+    }
+    fn ids(&self) -> Vec<NodeId> {
+        Sim::ids(self)
+    }
+    fn status(&self, id: NodeId) -> Status {
+        Sim::status(self, id)
+    }
+    fn leader(&self) -> Option<NodeId> {
+        Sim::leader(self)
+    }
+    fn alive(&self) -> Vec<NodeId> {
+        Sim::alive(self)
+    }
+    fn election_us(&self) -> u64 {
+        self.opts.election_ticks_min as u64 * self.timing.tick_us
+    }
+    fn election_ticks_min(&self) -> u32 {
+        self.opts.election_ticks_min
+    }
+    fn crash(&mut self, id: NodeId) {
+        Sim::crash(self, id)
+    }
+    fn restart_after(&mut self, id: NodeId, delay_us: u64) {
+        Sim::restart_after(self, id, delay_us)
+    }
+    fn pause(&mut self, id: NodeId, duration_us: u64) {
+        Sim::pause(self, id, duration_us)
+    }
+    fn destroy(&mut self, id: NodeId) {
+        Sim::destroy(self, id)
+    }
+    fn set_clock_rate(&mut self, id: NodeId, rate: f64) {
+        Sim::set_clock_rate(self, id, rate)
+    }
+    fn clock_jump(&mut self, id: NodeId, ticks: u32) {
+        Sim::clock_jump(self, id, ticks)
+    }
+}
