@@ -3,7 +3,9 @@
 //! summary line at the end, and a non-zero exit status on any violation.
 
 use bunker::raft::Mutation;
-use bunker::sim::{run_seed, FaultConfig, RunConfig, RunReport};
+use bunker::sim::{
+    run_replica_seed, run_seed, FaultConfig, ReplicaRunConfig, RunConfig, RunReport, Violation,
+};
 use clap::Parser;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +24,12 @@ three or more servers and requires progress, then a convergence phase. Invariant
 run after every event. A failing seed prints the command that replays it."
 )]
 struct Cli {
+    /// What to simulate: `consensus` (the Raft core alone, a state machine
+    /// of hashes: fastest) or `replica` (whole servers: core, ringlog, delta
+    /// engine and replication pipeline, running a ledger application for
+    /// clients that retry, with the client history checked at the end).
+    #[arg(long, default_value = "consensus", value_parser = ["consensus", "replica"])]
+    layer: String,
     /// Seeds to run, as A..B (B excluded) or a single seed.
     #[arg(long, default_value = "0..100", value_parser = parse_seeds)]
     seeds: Range<u64>,
@@ -106,7 +114,7 @@ fn main() {
         faults.destroy_max = 0;
     }
     let mut cfg = RunConfig {
-        faults,
+        faults: faults.clone(),
         trace: cli.trace,
         ..RunConfig::default()
     };
@@ -114,12 +122,65 @@ fn main() {
     cfg.liveness_us_max =
         cli.liveness_timeouts * cfg.opts.election_ticks_min as u64 * cfg.timing.tick_us;
     cfg.opts.mutation = cli.mutation;
+    let replica_cfg = ReplicaRunConfig {
+        faults,
+        trace: cli.trace,
+        safety_us: cfg.safety_us,
+        liveness_us_max: cfg.liveness_us_max,
+        opts: cfg.opts.clone(),
+        ..ReplicaRunConfig::default()
+    };
+    let run = |seed: u64| -> Seed {
+        if cli.layer == "replica" {
+            let r = run_replica_seed(seed, &replica_cfg);
+            Seed {
+                seed,
+                violations: r.violations,
+                recovery_us: r.recovery_us,
+                core: r.core,
+                trace: r.trace,
+                rate: r.answered_per_s,
+                counters: vec![
+                    ("requests", r.stats.requests),
+                    ("writes acked", r.stats.writes_acked),
+                    ("reads acked", r.stats.reads_acked),
+                    ("app failures", r.stats.app_failures),
+                    ("retries", r.stats.retries),
+                    ("elections", r.stats.elections),
+                    ("crashes", r.stats.crashes),
+                    ("destroyed", r.stats.destroyed),
+                    ("entries applied", r.stats.entries_applied),
+                    ("events", r.stats.events),
+                ],
+            }
+        } else {
+            let r: RunReport = run_seed(seed, &cfg);
+            Seed {
+                seed,
+                violations: r.violations,
+                recovery_us: r.recovery_us,
+                core: r.core,
+                trace: r.trace,
+                rate: r.stats.acked as f64 / (r.sim_us.max(1) as f64 / 1e6),
+                counters: vec![
+                    ("proposals", r.stats.proposals),
+                    ("acked", r.stats.acked),
+                    ("reads", r.stats.reads_ok),
+                    ("elections", r.stats.elections),
+                    ("crashes", r.stats.crashes),
+                    ("destroyed", r.stats.destroyed),
+                    ("snapshots", r.stats.snapshots_installed),
+                    ("events", r.stats.events),
+                ],
+            }
+        }
+    };
 
     // Panics are reported per seed as violations; keep stderr readable.
     std::panic::set_hook(Box::new(|_| {}));
     let started = Instant::now();
     let next = AtomicU64::new(cli.seeds.start);
-    let reports: Mutex<Vec<RunReport>> = Mutex::new(Vec::new());
+    let reports: Mutex<Vec<Seed>> = Mutex::new(Vec::new());
     let failed = AtomicU64::new(0);
     std::thread::scope(|scope| {
         for _ in 0..cli.jobs.max(1) {
@@ -131,8 +192,8 @@ fn main() {
                 if seed >= cli.seeds.end {
                     return;
                 }
-                let report = run_seed(seed, &cfg);
-                if !report.ok() {
+                let report = run(seed);
+                if !report.violations.is_empty() {
                     failed.fetch_add(1, Ordering::Relaxed);
                     print_failure(&cli, &report);
                 } else if let (Some(limit), Some(us)) = (cli.show_recovery_over, report.recovery_us)
@@ -158,17 +219,29 @@ fn main() {
         }
     });
     let reports = reports.into_inner().unwrap_or_else(|e| e.into_inner());
-    summarize(&cli, &reports, started.elapsed().as_secs_f64(), &cfg);
-    if reports.iter().any(|r| !r.ok()) {
+    summarize(&cli, &reports, started.elapsed().as_secs_f64(), cfg.timing.tick_us);
+    if reports.iter().any(|r| !r.violations.is_empty()) {
         std::process::exit(1);
     }
 }
 
-fn print_failure(cli: &Cli, report: &RunReport) {
+/// What one seed produced, whatever the layer.
+struct Seed {
+    seed: u64,
+    violations: Vec<Violation>,
+    recovery_us: Option<u64>,
+    core: Vec<u64>,
+    trace: Vec<String>,
+    /// Acknowledged commands per simulated second.
+    rate: f64,
+    counters: Vec<(&'static str, u64)>,
+}
+
+fn print_failure(cli: &Cli, report: &Seed) {
     let first = &report.violations[0];
     let mut replay = format!(
-        "cargo run --release --bin bunker-sim -- --seeds {} --ticks {} --faults {}",
-        report.seed, cli.ticks, cli.faults
+        "cargo run --release --bin bunker-sim -- --layer {} --seeds {} --ticks {} --faults {}",
+        cli.layer, report.seed, cli.ticks, cli.faults
     );
     if let Some(loss) = cli.loss_max {
         replay.push_str(&format!(" --loss-max {loss}"));
@@ -206,13 +279,12 @@ fn mutation_name(m: Mutation) -> &'static str {
     }
 }
 
-fn summarize(cli: &Cli, reports: &[RunReport], wall_s: f64, cfg: &RunConfig) {
-    let failed = reports.iter().filter(|r| !r.ok()).count();
-    let tick_us = cfg.timing.tick_us as f64;
+fn summarize(cli: &Cli, reports: &[Seed], wall_s: f64, tick_us: u64) {
+    let failed = reports.iter().filter(|r| !r.violations.is_empty()).count();
     let mut recovery: Vec<f64> = reports
         .iter()
         .filter_map(|r| r.recovery_us)
-        .map(|us| us as f64 / tick_us)
+        .map(|us| us as f64 / tick_us as f64)
         .collect();
     recovery.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| -> f64 {
@@ -221,11 +293,23 @@ fn summarize(cli: &Cli, reports: &[RunReport], wall_s: f64, cfg: &RunConfig) {
         }
         recovery[((recovery.len() - 1) as f64 * p).round() as usize]
     };
-    let sum = |f: fn(&RunReport) -> u64| reports.iter().map(f).sum::<u64>();
+    let mut counters: Vec<(&str, u64)> = Vec::new();
+    for r in reports {
+        for (i, (name, value)) in r.counters.iter().enumerate() {
+            if counters.len() <= i {
+                counters.push((name, 0));
+            }
+            counters[i].1 += value;
+        }
+    }
+    let counters: Vec<String> = counters.iter().map(|(n, v)| format!("{n} {v}")).collect();
+    let mut rates: Vec<f64> = reports.iter().map(|r| r.rate).collect();
+    rates.sort_by(|a, b| a.total_cmp(b));
+    let rate_p50 = rates.get(rates.len() / 2).copied().unwrap_or(f64::NAN);
     println!(
-        "summary: seeds {}..{} ran {} failed {} | wall {:.1}s, {:.2} seeds/s ({} jobs) | \
-         recovery ticks p50 {:.1} p90 {:.1} p99 {:.1} max {:.1} | proposals {} acked {} reads {} \
-         elections {} crashes {} destroyed {} snapshots {} events {} | faults {} mutation {}",
+        "summary: layer {} seeds {}..{} ran {} failed {} | wall {:.1}s, {:.2} seeds/s ({} jobs) | \
+         recovery ticks p50 {:.1} p90 {:.1} p99 {:.1} max {:.1} | acked per simulated s p50 {:.0} | {} | faults {} mutation {}",
+        cli.layer,
         cli.seeds.start,
         cli.seeds.end,
         reports.len(),
@@ -237,14 +321,8 @@ fn summarize(cli: &Cli, reports: &[RunReport], wall_s: f64, cfg: &RunConfig) {
         pct(0.9),
         pct(0.99),
         recovery.last().copied().unwrap_or(f64::NAN),
-        sum(|r| r.stats.proposals),
-        sum(|r| r.stats.acked),
-        sum(|r| r.stats.reads_ok),
-        sum(|r| r.stats.elections),
-        sum(|r| r.stats.crashes),
-        sum(|r| r.stats.destroyed),
-        sum(|r| r.stats.snapshots_installed),
-        sum(|r| r.stats.events),
+        rate_p50,
+        counters.join(" "),
         cli.faults,
         mutation_name(cli.mutation),
     );

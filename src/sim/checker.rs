@@ -31,8 +31,8 @@ pub struct Violation {
 struct Committed {
     term: Term,
     digest: u64,
-    /// State hash after applying the entry.
-    state_hash: u64,
+    /// State hash after applying the entry, if the entry changed the state.
+    state_hash: Option<u128>,
     /// An upper bound on the term in which the entry committed: the lowest
     /// current term of any server when it applied the entry.
     commit_term: Term,
@@ -154,35 +154,61 @@ impl Checker {
     /// reaching `state_hash`.
     pub fn applied(&mut self, node: NodeId, node_term: Term, entry: &Entry, state_hash: u64) {
         let digest = entry_digest(entry);
+        self.applied_entry(node, node_term, entry.id(), Some(digest), Some(state_hash as u128));
+    }
+
+    /// State machine safety by position: `node` applied the entry at
+    /// `index` of `term` (log matching makes the position name its
+    /// content), reaching `state_hash` if the entry changed the state.
+    pub fn applied_position(&mut self, node: NodeId, node_term: Term, index: Index, term: Term, state_hash: Option<u128>) {
+        self.applied_entry(node, node_term, LogId::new(index, term), None, state_hash);
+    }
+
+    fn applied_entry(&mut self, node: NodeId, node_term: Term, at: LogId, digest: Option<u64>, state_hash: Option<u128>) {
         let len = self.committed_len();
-        if entry.index == len + 1 {
+        if at.index == len + 1 {
             self.committed.push(Committed {
-                term: entry.term,
-                digest,
+                term: at.term,
+                digest: digest.unwrap_or(0),
                 state_hash,
                 commit_term: node_term,
             });
             return;
         }
-        if entry.index > len + 1 {
-            self.fail(format!(
-                "state machine safety: server {node} applied {} past the committed prefix {len}",
-                entry.index
-            ));
+        if at.index > len + 1 {
+            // A server that installed a snapshot applies entries past what
+            // anyone applied one by one: record the gap as unknown.
+            while self.committed_len() + 1 < at.index {
+                self.committed.push(Committed { term: 0, digest: 0, state_hash: None, commit_term: Term::MAX });
+            }
+            self.committed.push(Committed {
+                term: at.term,
+                digest: digest.unwrap_or(0),
+                state_hash,
+                commit_term: node_term,
+            });
             return;
         }
-        let c = &mut self.committed[(entry.index - 1) as usize];
+        let c = &mut self.committed[(at.index - 1) as usize];
+        if c.term == 0 && c.commit_term == Term::MAX {
+            // Filling a gap left by a snapshot.
+            *c = Committed { term: at.term, digest: digest.unwrap_or(0), state_hash, commit_term: node_term };
+            return;
+        }
         c.commit_term = c.commit_term.min(node_term);
+        if c.state_hash.is_none() {
+            c.state_hash = state_hash;
+        }
         let (term, want_digest, want_hash) = (c.term, c.digest, c.state_hash);
-        if term != entry.term || want_digest != digest {
+        if term != at.term || digest.is_some_and(|d| d != want_digest) {
             self.fail(format!(
                 "state machine safety: server {node} applied {}@t{} but {}@t{term} was applied elsewhere",
-                entry.index, entry.term, entry.index
+                at.index, at.term, at.index
             ));
-        } else if want_hash != state_hash {
+        } else if state_hash.is_some() && want_hash != state_hash {
             self.fail(format!(
                 "state divergence: server {node} has a different state hash after {}",
-                entry.index
+                at.index
             ));
         }
     }
@@ -191,7 +217,7 @@ impl Checker {
     /// committed state there.
     pub fn installed(&mut self, node: NodeId, applied: LogId, state_hash: u64) {
         match applied.index.checked_sub(1).and_then(|i| self.committed.get(i as usize)) {
-            Some(c) if c.term == applied.term && c.state_hash == state_hash => {}
+            Some(c) if c.term == applied.term && c.state_hash == Some(state_hash as u128) => {}
             Some(_) => self.fail(format!("snapshot: server {node} installed a state at {applied} that differs from the committed one")),
             None => self.fail(format!("snapshot: server {node} installed {applied}, beyond anything applied")),
         }

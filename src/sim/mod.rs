@@ -21,17 +21,27 @@
 //! - `checker`: one checker per invariant;
 //! - `nemesis`: random faults;
 //! - `run`: the phases of one seed.
+//! - `replicas`, `replica_run`: the same for whole replicas (consensus,
+//!   ringlog, delta engine, pipeline) running the simulated `ledger`
+//!   application, with clients that retry; `history` checks what the
+//!   clients saw (BRIEF I1 to I5).
 
 pub mod app;
 pub mod checker;
 pub mod cluster;
+pub mod history;
+pub mod ledger;
 pub mod log;
 pub mod nemesis;
 pub mod network;
+pub mod replica_run;
+pub mod replicas;
 pub mod run;
 
 pub use checker::{Checker, Violation};
 pub use cluster::{Sim, Stats, Status, Timing};
 pub use nemesis::{FaultConfig, Nemesis};
 pub use network::{Link, Network, Packet, PacketKind};
+pub use replica_run::{run_replica_seed, ReplicaRunConfig, ReplicaRunReport};
+pub use replicas::{ReplicaSim, Workload};
 pub use run::{run_seed, RunConfig, RunReport};

@@ -158,10 +158,15 @@ impl Network {
     /// Decides the fate of one packet: the delays (from now) of each copy
     /// that will arrive, empty if it is lost.
     pub fn route(&mut self, packet: &Packet, rng: &mut impl Rng) -> Vec<u64> {
+        self.route_parts(packet.from(), packet.to(), packet.kind(), rng)
+    }
+
+    /// `route` for anything with a source, a destination and a kind.
+    pub fn route_parts(&mut self, from: NodeId, to: NodeId, kind: PacketKind, rng: &mut impl Rng) -> Vec<u64> {
         self.sent += 1;
-        let link = self.link(packet.from(), packet.to()).clone();
+        let link = self.link(from, to).clone();
         if link.blocked
-            || link.drop_kinds.contains(&packet.kind())
+            || link.drop_kinds.contains(&kind)
             || rng.gen_bool(link.loss.clamp(0.0, 1.0))
         {
             self.dropped += 1;

@@ -1,0 +1,1006 @@
+//! The replica simulator: whole Bunker servers (consensus core, ringlog,
+//! delta engine, replication pipeline) running the simulated ledger
+//! application on simulated file trees, with simulated clients that time
+//! out and retry across failovers.
+//!
+//! What it does: a discrete-event simulation like `cluster::Sim`, one seed
+//! reproducing everything: network faults, group commits, crashes of the
+//! log *and* the file tree (unsynced data and directory entries lost),
+//! application runs that take time or crash midway, the application's own
+//! non-determinism (each server's random generator and clock). After every
+//! event it runs the consensus checkers (election safety, log matching,
+//! leader completeness, state machine safety with state hashes, durable
+//! hard state); `history` checks what clients saw at the end.
+//!
+//! What it does not do: choose faults (the nemesis does, through
+//! `FaultTarget`) or run phases (`replica_run` does).
+
+use crate::delta::mem::listing;
+use crate::delta::{EngineConfig, MemTree};
+use crate::raft::{Membership, Options, Role};
+use crate::replica::{
+    ClientId, Effect, ExecOutcome, PeerMessage, Replica, ReplicaConfig, ReplicaEntry, ReplicaError,
+    ReplicaSetup, Reply, Request,
+};
+use crate::sim::checker::Checker;
+use crate::sim::cluster::{Status, Timing};
+use crate::sim::history::{CommittedCommand, History, Operation, Outcome};
+use crate::sim::ledger::{self, Fate, LedgerCommand, ACCOUNTS};
+use crate::sim::log::SimLog;
+use crate::sim::nemesis::FaultTarget;
+use crate::sim::network::{Network, PacketKind};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use ringlog::{FlushTicket, LogStore, NodeId, Term};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+type SimReplica = Replica<SimLog, MemTree>;
+
+pub struct RNode {
+    pub id: NodeId,
+    pub status: Status,
+    pub replica: Option<SimReplica>,
+    disk: Option<(SimLog, MemTree)>,
+    incarnation: u64,
+    pub tick_us: u64,
+    sync: Option<FlushTicket>,
+    inbox: Vec<PeerMessage>,
+    /// The application's own randomness on this server.
+    app_rng: ChaCha8Rng,
+    leading: Option<Term>,
+}
+
+#[derive(Debug)]
+enum Event {
+    Deliver(PeerMessage),
+    Tick { node: NodeId, incarnation: u64 },
+    SyncDone { node: NodeId, incarnation: u64 },
+    Restart { node: NodeId, incarnation: u64 },
+    Resume { node: NodeId, incarnation: u64 },
+    ExecDone { node: NodeId, incarnation: u64, id: u64, outcome: ExecOutcome },
+    Request { node: NodeId, request: Request },
+    Reply { client: usize, seq: u64, reply: Reply, commit: u64 },
+    Timer(u64),
+}
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// A simulated client: one command at a time, retried with the same
+/// sequence number until it gets an answer.
+pub struct SimClient {
+    pub id: ClientId,
+    pub seq: u64,
+    /// The operation in flight: its index in the history.
+    pub current: Option<usize>,
+    target: Option<NodeId>,
+    deadline_us: u64,
+    done: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaStats {
+    pub events: u64,
+    pub elections: u64,
+    pub requests: u64,
+    pub answered: u64,
+    pub writes_acked: u64,
+    pub reads_acked: u64,
+    pub app_failures: u64,
+    pub retries: u64,
+    pub crashes: u64,
+    pub destroyed: u64,
+    pub pauses: u64,
+    pub snapshots_installed: u64,
+    pub entries_applied: u64,
+}
+
+/// How the simulated application and clients behave.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub clients: usize,
+    /// A client retries after this long without an answer.
+    pub client_timeout_us: u64,
+    /// Chance that one run of the application crashes midway.
+    pub app_crash: f64,
+    /// Chance that a command writes a large blob (a multi-entry delta).
+    pub large: f64,
+    /// A client takes a new identity after this many commands (sessions
+    /// come and go, so the leader expires old ones).
+    pub commands_per_identity: u64,
+}
+
+impl Default for Workload {
+    fn default() -> Workload {
+        Workload {
+            clients: 6,
+            client_timeout_us: 300_000,
+            app_crash: 0.01,
+            large: 0.01,
+            commands_per_identity: 100,
+        }
+    }
+}
+
+pub struct ReplicaSim {
+    pub seed: u64,
+    pub rng: ChaCha8Rng,
+    pub now_us: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    nodes: Vec<RNode>,
+    pub net: Network,
+    pub checker: Checker,
+    pub history: History,
+    pub stats: ReplicaStats,
+    pub timing: Timing,
+    pub workload: Workload,
+    setup: ReplicaSetup,
+    pub clients: Vec<SimClient>,
+    /// Clients send to these servers.
+    pub client_targets: Vec<NodeId>,
+    pub clients_on: bool,
+    fired: Vec<u64>,
+}
+
+/// Timer ids at or above this are client turns.
+const TIMER_CLIENT_BASE: u64 = 1_000;
+
+impl ReplicaSim {
+    pub fn new(seed: u64, nodes: usize, opts: Options, timing: Timing, workload: Workload) -> ReplicaSim {
+        let voters = Membership::new(1..=nodes as NodeId).expect("valid membership");
+        let opts = Options {
+            entry_bytes_max: 64 << 10,
+            ..opts
+        };
+        let setup = ReplicaSetup {
+            raft: opts,
+            voters,
+            engine: EngineConfig {
+                max_part_bytes: 32 << 10,
+                snapshot_chunk_bytes: 16 << 10,
+                snapshot_journal_bytes_max: 16 << 20,
+            },
+            replica: ReplicaConfig {
+                pipeline_commands_max: 64,
+                queued_requests_max: 256,
+                pending_replies_max: 256,
+                sessions_max: 12,
+                response_bytes_max: 4096,
+                compact_entries: 64,
+                compact_keep_entries: 16,
+                snapshot_chunks_in_flight: 4,
+                snapshot_stall_ticks: 10,
+                snapshot_stalls_max: 10,
+                snapshot_request_ticks: 10,
+            },
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let clients = (0..workload.clients)
+            .map(|_| SimClient {
+                id: rng.gen(),
+                seq: 0,
+                current: None,
+                target: None,
+                deadline_us: 0,
+                done: 0,
+            })
+            .collect();
+        let mut sim = ReplicaSim {
+            seed,
+            rng,
+            now_us: 0,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            nodes: Vec::new(),
+            net: Network::new(nodes),
+            checker: Checker::new(),
+            history: History::default(),
+            stats: ReplicaStats::default(),
+            timing,
+            workload,
+            setup,
+            clients,
+            client_targets: (1..=nodes as NodeId).collect(),
+            clients_on: false,
+            fired: Vec::new(),
+        };
+        for id in 1..=nodes as NodeId {
+            let salt = seed ^ id.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            sim.nodes.push(RNode {
+                id,
+                status: Status::Crashed,
+                replica: None,
+                disk: Some((SimLog::new(salt), MemTree::new(salt ^ 0xF00D))),
+                incarnation: 0,
+                tick_us: sim.timing.tick_us,
+                sync: None,
+                inbox: Vec::new(),
+                app_rng: ChaCha8Rng::seed_from_u64(salt ^ 0xA11),
+                leading: None,
+            });
+            sim.start(id);
+        }
+        sim
+    }
+
+    // ----- queries -------------------------------------------------------
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    pub fn node(&self, id: NodeId) -> &RNode {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn node_mut(&mut self, id: NodeId) -> &mut RNode {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    pub fn replica(&self, id: NodeId) -> Option<&SimReplica> {
+        self.node(id).replica.as_ref()
+    }
+
+    pub fn status(&self, id: NodeId) -> Status {
+        self.node(id).status
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| n.status == Status::Up)
+            .filter_map(|n| n.replica.as_ref())
+            .filter(|r| r.raft().role() == Role::Leader)
+            .max_by_key(|r| r.raft().term())
+            .map(|r| r.id())
+    }
+
+    pub fn alive(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| n.status != Status::Destroyed)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    pub fn applied(&self, id: NodeId) -> Option<u64> {
+        self.replica(id).map(|r| r.applied_index())
+    }
+
+    pub fn take_fired(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.fired)
+    }
+
+    // ----- the event loop ------------------------------------------------
+
+    fn schedule(&mut self, delay_us: u64, event: Event) {
+        self.seq += 1;
+        let at = self.now_us + delay_us;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    pub fn set_timer(&mut self, delay_us: u64, id: u64) {
+        self.schedule(delay_us, Event::Timer(id));
+    }
+
+    /// Starts the clients: each takes a turn every `turn_us` on average.
+    pub fn start_clients(&mut self) {
+        self.clients_on = true;
+        for i in 0..self.clients.len() {
+            let delay = self.rng.gen_range(1..2_000);
+            self.set_timer(delay, TIMER_CLIENT_BASE + i as u64);
+        }
+    }
+
+    pub fn step(&mut self) -> bool {
+        let Some(Reverse(next)) = self.queue.pop() else {
+            return false;
+        };
+        assert!(next.at >= self.now_us, "time never goes backwards");
+        self.now_us = next.at;
+        self.checker.set_now(self.now_us);
+        self.stats.events += 1;
+        match next.event {
+            Event::Deliver(msg) => self.deliver(msg),
+            Event::Tick { node, incarnation } => self.on_tick(node, incarnation),
+            Event::SyncDone { node, incarnation } => self.on_sync_done(node, incarnation),
+            Event::Restart { node, incarnation } => {
+                let n = self.node(node);
+                if n.incarnation == incarnation && n.status == Status::Crashed {
+                    self.start(node);
+                }
+            }
+            Event::Resume { node, incarnation } => {
+                let n = self.node(node);
+                if n.incarnation == incarnation && n.status == Status::Paused {
+                    self.resume(node);
+                }
+            }
+            Event::ExecDone {
+                node,
+                incarnation,
+                id,
+                outcome,
+            } => self.on_exec_done(node, incarnation, id, outcome),
+            Event::Request { node, request } => self.on_request(node, request),
+            Event::Reply {
+                client,
+                seq,
+                reply,
+                commit,
+            } => self.on_reply(client, seq, reply, commit),
+            Event::Timer(id) if id >= TIMER_CLIENT_BASE => {
+                let client = (id - TIMER_CLIENT_BASE) as usize;
+                if self.clients_on {
+                    self.client_turn(client);
+                    let delay = self.rng.gen_range(500..3_000);
+                    self.set_timer(delay, id);
+                }
+            }
+            Event::Timer(id) => self.fired.push(id),
+        }
+        true
+    }
+
+    pub fn run_until(&mut self, deadline_us: u64, mut done: impl FnMut(&ReplicaSim) -> bool) -> bool {
+        while self.now_us < deadline_us {
+            if done(self) {
+                return true;
+            }
+            if !self.step() {
+                break;
+            }
+        }
+        done(self)
+    }
+
+    pub fn run_for(&mut self, duration_us: u64) {
+        let deadline = self.now_us + duration_us;
+        self.run_until(deadline, |_| false);
+    }
+
+    fn deliver(&mut self, msg: PeerMessage) {
+        let to = msg.to();
+        match self.node(to).status {
+            Status::Up => {}
+            Status::Paused => {
+                const INBOX_MESSAGES_MAX: usize = 4096;
+                let node = self.node_mut(to);
+                if node.inbox.len() < INBOX_MESSAGES_MAX {
+                    node.inbox.push(msg);
+                }
+                return;
+            }
+            Status::Crashed | Status::Destroyed => return,
+        }
+        let result = self.replica_mut(to).handle_message(msg);
+        self.after(to, result);
+    }
+
+    fn replica_mut(&mut self, id: NodeId) -> &mut SimReplica {
+        self.node_mut(id).replica.as_mut().expect("running")
+    }
+
+    fn on_tick(&mut self, id: NodeId, incarnation: u64) {
+        let node = self.node(id);
+        if node.incarnation != incarnation || matches!(node.status, Status::Crashed | Status::Destroyed) {
+            return;
+        }
+        let (tick_us, paused) = (node.tick_us, node.status == Status::Paused);
+        self.schedule(tick_us, Event::Tick { node: id, incarnation });
+        if paused {
+            return;
+        }
+        let result = self.replica_mut(id).handle_tick();
+        self.after(id, result);
+    }
+
+    fn on_sync_done(&mut self, id: NodeId, incarnation: u64) {
+        let node = self.node(id);
+        if node.incarnation != incarnation {
+            return;
+        }
+        if node.status == Status::Paused {
+            self.schedule(self.timing.tick_us, Event::SyncDone { node: id, incarnation });
+            return;
+        }
+        let node = self.node_mut(id);
+        let ticket = node.sync.take().expect("a sync is in flight");
+        let replica = node.replica.as_mut().expect("running");
+        let result = match replica.raft_mut().log_mut().complete_sync(ticket) {
+            Ok(durable) => replica.handle_log_durable(durable),
+            Err(e) => Err(e.into()),
+        };
+        self.after(id, result);
+    }
+
+    fn on_exec_done(&mut self, id: NodeId, incarnation: u64, exec: u64, outcome: ExecOutcome) {
+        let node = self.node(id);
+        if node.incarnation != incarnation {
+            return;
+        }
+        if node.status == Status::Paused {
+            self.schedule(
+                self.timing.tick_us,
+                Event::ExecDone {
+                    node: id,
+                    incarnation,
+                    id: exec,
+                    outcome,
+                },
+            );
+            return;
+        }
+        let result = self.replica_mut(id).handle_executed(exec, outcome);
+        self.after(id, result);
+    }
+
+    fn on_request(&mut self, id: NodeId, request: Request) {
+        if self.node(id).status != Status::Up {
+            return; // lost: the client will time out
+        }
+        self.stats.requests += 1;
+        let result = self.replica_mut(id).handle_request(request);
+        self.after(id, result);
+    }
+
+    /// Carries out `id`'s effects, runs the checkers, starts group commits.
+    fn after(&mut self, id: NodeId, result: Result<(), ReplicaError>) {
+        if let Err(e) = result {
+            let storage = matches!(
+                &e,
+                ReplicaError::Core(crate::raft::CoreError::Storage(_)) | ReplicaError::Log(_)
+            );
+            if !storage {
+                self.checker.fail(format!("server {id} stopped: {e}"));
+            }
+            self.crash(id);
+            return;
+        }
+        loop {
+            let Some(effect) = self.node_mut(id).replica.as_mut().and_then(|r| r.poll_effect()) else {
+                break;
+            };
+            self.on_effect(id, effect);
+            if self.node(id).replica.is_none() {
+                return;
+            }
+        }
+        self.observe(id);
+    }
+
+    /// Consensus checkers and group commit scheduling after `id` acted.
+    fn observe(&mut self, id: NodeId) {
+        let node = self.node_mut(id);
+        let Some(replica) = node.replica.as_mut() else {
+            return;
+        };
+        let raft = replica.raft();
+        let (term, vote, role) = (raft.term(), raft.vote(), raft.role());
+        let new_leader = role == Role::Leader && node.leading != Some(term);
+        node.leading = (role == Role::Leader).then_some(term);
+        let appended = replica.raft_mut().log_mut().drain_appended();
+        let mut start_sync = false;
+        if node.sync.is_none() && replica.raft().log().pending_ops() > 0 {
+            match replica.raft_mut().log_mut().begin_sync() {
+                Ok(ticket) => {
+                    start_sync = ticket.is_some();
+                    node.sync = ticket;
+                }
+                Err(_) => {
+                    self.crash(id);
+                    return;
+                }
+            }
+        }
+        let incarnation = node.incarnation;
+        self.checker.hard_state(id, term, vote);
+        for (prev_term, entries) in appended {
+            self.checker.appended(id, prev_term, &entries);
+        }
+        if new_leader {
+            self.stats.elections += 1;
+            self.checker.became_leader(id, term);
+            let replica = self.nodes[(id - 1) as usize].replica.as_ref().expect("running");
+            let log = replica.raft().log();
+            self.checker.check_leader_log(id, term, log.snapshot_id(), |i| log.term(i));
+        }
+        if start_sync {
+            let latency = self.rng.gen_range(self.timing.sync_us_min..=self.timing.sync_us_max);
+            self.schedule(latency, Event::SyncDone { node: id, incarnation });
+        }
+    }
+
+    fn on_effect(&mut self, id: NodeId, effect: Effect) {
+        match effect {
+            Effect::Send(msg) => self.send(msg),
+            Effect::Execute { id: exec, command } => self.execute(id, exec, command),
+            Effect::Reply {
+                ctx, seq, reply, ..
+            } => {
+                let client = (ctx >> 32) as usize;
+                let delay = self.rng.gen_range(50..2_000);
+                let commit = self.history.commit_index;
+                self.schedule(
+                    delay,
+                    Event::Reply {
+                        client,
+                        seq,
+                        reply,
+                        commit,
+                    },
+                );
+            }
+            Effect::Applied { index, term, state_hash } => {
+                self.stats.entries_applied += 1;
+                let node_term = self.replica(id).map_or(0, |r| r.raft().term());
+                self.checker.applied_position(id, node_term, index, term, state_hash);
+                self.history.note_commit(index);
+                self.record_committed(id, index);
+            }
+            Effect::Diverged { index, reason } => {
+                self.checker
+                    .fail(format!("I2: server {id} diverged at entry {index}: {reason}"));
+            }
+        }
+    }
+
+    /// Records the command a committed entry carries, for the history.
+    fn record_committed(&mut self, id: NodeId, index: u64) {
+        if self.history.committed.contains_key(&index) {
+            return;
+        }
+        let replica = self.replica(id).expect("running");
+        let Ok(entries) = replica.raft().entries(index, index + 1, u64::MAX) else {
+            return; // released already (a snapshot): another server recorded it
+        };
+        let Some(entry) = entries.first() else { return };
+        if entry.kind != ringlog::EntryKind::Command {
+            return;
+        }
+        if let Ok(ReplicaEntry::Command(c)) = ReplicaEntry::decode(&entry.data) {
+            self.history.committed_command(CommittedCommand {
+                index,
+                client: c.client,
+                seq: c.seq,
+                status: c.status,
+                response: c.response.to_vec(),
+                expired: c.expired,
+            });
+        }
+    }
+
+    fn send(&mut self, msg: PeerMessage) {
+        let msg = match msg {
+            PeerMessage::Raft(m) => {
+                // Consensus messages cross the network in their wire encoding.
+                let mut buf = bytes::BytesMut::new();
+                crate::wire::encode(&m, &mut buf);
+                match crate::wire::decode(buf.freeze()) {
+                    Ok(decoded) => PeerMessage::Raft(decoded),
+                    Err(e) => {
+                        self.checker.fail(format!("wire: undecodable message: {e}"));
+                        return;
+                    }
+                }
+            }
+            other => other,
+        };
+        let kind = match &msg {
+            PeerMessage::Raft(m) => PacketKind::Raft(m.kind()),
+            _ => PacketKind::Snapshot,
+        };
+        let delays = self.net.route_parts(msg.from(), msg.to(), kind, &mut self.rng);
+        for delay in delays {
+            self.schedule(delay, Event::Deliver(msg.clone()));
+        }
+    }
+
+    /// Runs the ledger in `id`'s working copy; the answer comes back after
+    /// a simulated run time.
+    fn execute(&mut self, id: NodeId, exec: u64, command: bytes::Bytes) {
+        let crash = self.rng.gen_bool(self.workload.app_crash);
+        let latency = self.rng.gen_range(50..3_000);
+        let now_us = self.now_us;
+        let node = &mut self.nodes[(id - 1) as usize];
+        let incarnation = node.incarnation;
+        let replica = node.replica.as_mut().expect("running");
+        let live = replica.engine().live_dir().to_string();
+        let fate = if crash { Fate::CrashMidway } else { Fate::Normal };
+        let outcome = ledger::execute(replica.engine_mut().tree(), &live, &command, now_us, &mut node.app_rng, fate);
+        if matches!(outcome, ExecOutcome::Failed { .. }) {
+            self.stats.app_failures += 1;
+        }
+        self.schedule(
+            latency,
+            Event::ExecDone {
+                node: id,
+                incarnation,
+                id: exec,
+                outcome,
+            },
+        );
+    }
+
+    // ----- clients -------------------------------------------------------
+
+    fn pick_command(&mut self) -> LedgerCommand {
+        let account = |rng: &mut ChaCha8Rng| rng.gen_range(0..ACCOUNTS);
+        if self.rng.gen_bool(self.workload.large) {
+            return LedgerCommand::Large {
+                kib: self.rng.gen_range(20..120),
+            };
+        }
+        match self.rng.gen_range(0..10) {
+            0..=2 => LedgerCommand::Deposit {
+                account: account(&mut self.rng),
+                amount: self.rng.gen_range(1..100),
+            },
+            3..=6 => {
+                let from = account(&mut self.rng);
+                let to = (from + self.rng.gen_range(1..ACCOUNTS)) % ACCOUNTS;
+                LedgerCommand::Transfer {
+                    from,
+                    to,
+                    amount: self.rng.gen_range(1..60),
+                }
+            }
+            7..=8 => LedgerCommand::Balance {
+                account: account(&mut self.rng),
+            },
+            _ => LedgerCommand::Sum,
+        }
+    }
+
+    fn client_turn(&mut self, i: usize) {
+        let now = self.now_us;
+        match self.clients[i].current {
+            Some(_) if now < self.clients[i].deadline_us => {}
+            Some(_) => {
+                // No answer in time: retry, same sequence, another server.
+                self.stats.retries += 1;
+                self.clients[i].target = None;
+                self.send_current(i);
+            }
+            None => {
+                let command = self.pick_command();
+                let client = &mut self.clients[i];
+                if client.done > 0 && client.done % self.workload.commands_per_identity == 0 {
+                    client.id = self.rng.gen();
+                    client.seq = 0;
+                }
+                let client = &mut self.clients[i];
+                client.seq += 1;
+                self.history.operations.push(Operation {
+                    client: client.id,
+                    seq: client.seq,
+                    command,
+                    invoked_us: now,
+                    completed_us: None,
+                    outcome: None,
+                    commit_at_completion: 0,
+                });
+                client.current = Some(self.history.operations.len() - 1);
+                self.send_current(i);
+            }
+        }
+    }
+
+    fn send_current(&mut self, i: usize) {
+        let Some(op) = self.clients[i].current else {
+            return;
+        };
+        let target = match self.clients[i].target {
+            Some(t) if self.client_targets.contains(&t) => t,
+            _ => *self.client_targets.choose(&mut self.rng).expect("targets"),
+        };
+        let client = &mut self.clients[i];
+        client.target = Some(target);
+        client.deadline_us = self.now_us + self.workload.client_timeout_us;
+        let o = &self.history.operations[op];
+        let request = Request {
+            ctx: ((i as u64) << 32) | (o.seq & 0xFFFF_FFFF),
+            client: o.client,
+            seq: o.seq,
+            command: o.command.encode(),
+        };
+        let delay = self.rng.gen_range(50..2_000);
+        self.schedule(delay, Event::Request { node: target, request });
+    }
+
+    fn on_reply(&mut self, i: usize, seq: u64, reply: Reply, commit: u64) {
+        let Some(op) = self.clients.get(i).and_then(|c| c.current) else {
+            return;
+        };
+        if self.history.operations[op].seq != seq {
+            return; // an answer to an earlier attempt of an earlier command
+        }
+        let outcome = match reply {
+            Reply::Ok { status, response } => Outcome::Ok {
+                status,
+                response: response.to_vec(),
+            },
+            Reply::AppFailed { .. } => Outcome::Failed,
+            Reply::NotLeader { leader } => {
+                self.clients[i].target = leader;
+                self.stats.retries += 1;
+                return self.send_current(i);
+            }
+            Reply::Unknown | Reply::Busy => {
+                self.clients[i].target = None;
+                self.stats.retries += 1;
+                return self.send_current(i);
+            }
+            Reply::Stale { last_seq } => {
+                self.checker.fail(format!(
+                    "client {:x} got Stale (last {last_seq}) for its current sequence {seq}",
+                    self.clients[i].id
+                ));
+                return;
+            }
+        };
+        self.stats.answered += 1;
+        let o = &mut self.history.operations[op];
+        match &outcome {
+            Outcome::Ok { .. } if o.command.writes() => self.stats.writes_acked += 1,
+            Outcome::Ok { .. } => self.stats.reads_acked += 1,
+            Outcome::Failed => {}
+        }
+        o.outcome = Some(outcome);
+        o.completed_us = Some(self.now_us);
+        o.commit_at_completion = commit;
+        let client = &mut self.clients[i];
+        client.current = None;
+        client.done += 1;
+    }
+
+    // ----- faults --------------------------------------------------------
+
+    fn start(&mut self, id: NodeId) {
+        let seed = self.seed ^ (id << 48) ^ self.node(id).incarnation.wrapping_mul(0x9E37_79B9);
+        let setup = self.setup.clone();
+        let node = self.node_mut(id);
+        assert_eq!(node.status, Status::Crashed);
+        let (log, tree) = node.disk.take().expect("a crashed server keeps its disk");
+        match Replica::open(id, &setup, log, tree, seed) {
+            Ok(replica) => {
+                node.replica = Some(replica);
+                node.status = Status::Up;
+                node.incarnation += 1;
+                node.sync = None;
+                node.leading = None;
+                let (incarnation, tick_us) = (node.incarnation, node.tick_us);
+                let phase = self.rng.gen_range(0..tick_us);
+                self.schedule(phase, Event::Tick { node: id, incarnation });
+                self.after(id, Ok(()));
+            }
+            Err(e) => {
+                self.checker.fail(format!("server {id} cannot restart: {e}"));
+                self.node_mut(id).status = Status::Destroyed;
+            }
+        }
+    }
+
+    /// Crashes a server: the log and the file tree lose what was not synced.
+    pub fn crash(&mut self, id: NodeId) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.rng.gen());
+        let node = self.node_mut(id);
+        if !matches!(node.status, Status::Up | Status::Paused) {
+            return;
+        }
+        let (log, mut tree) = node.replica.take().expect("running").into_parts();
+        tree.crash();
+        node.status = Status::Crashed;
+        node.incarnation += 1;
+        node.inbox.clear();
+        node.leading = None;
+        node.sync = None;
+        match log.crash(&mut rng) {
+            Ok(log) => node.disk = Some((log, tree)),
+            Err(e) => {
+                node.status = Status::Destroyed;
+                self.checker
+                    .fail(format!("server {id}'s log does not recover after a crash: {e}"));
+            }
+        }
+        self.stats.crashes += 1;
+    }
+
+    pub fn restart_after(&mut self, id: NodeId, delay_us: u64) {
+        let incarnation = self.node(id).incarnation;
+        self.schedule(delay_us, Event::Restart { node: id, incarnation });
+    }
+
+    pub fn restart(&mut self, id: NodeId) {
+        if self.node(id).status == Status::Crashed {
+            self.start(id);
+        }
+    }
+
+    pub fn destroy(&mut self, id: NodeId) {
+        let node = self.node_mut(id);
+        if node.status == Status::Destroyed {
+            return;
+        }
+        node.status = Status::Destroyed;
+        node.replica = None;
+        node.disk = None;
+        node.inbox.clear();
+        node.leading = None;
+        node.incarnation += 1;
+        self.stats.destroyed += 1;
+        self.checker.forget(id);
+    }
+
+    pub fn pause(&mut self, id: NodeId, duration_us: u64) {
+        let node = self.node_mut(id);
+        if node.status != Status::Up {
+            return;
+        }
+        node.status = Status::Paused;
+        let incarnation = node.incarnation;
+        self.stats.pauses += 1;
+        self.schedule(duration_us, Event::Resume { node: id, incarnation });
+    }
+
+    pub fn resume(&mut self, id: NodeId) {
+        let node = self.node_mut(id);
+        if node.status != Status::Paused {
+            return;
+        }
+        node.status = Status::Up;
+        for msg in std::mem::take(&mut node.inbox) {
+            self.schedule(1, Event::Deliver(msg));
+        }
+    }
+
+    pub fn set_clock_rate(&mut self, id: NodeId, rate: f64) {
+        let tick_us = (self.timing.tick_us as f64 / rate.clamp(0.1, 10.0)) as u64;
+        self.node_mut(id).tick_us = tick_us.max(1);
+    }
+
+    pub fn clock_jump(&mut self, id: NodeId, ticks: u32) {
+        for _ in 0..ticks {
+            if self.node(id).status != Status::Up {
+                return;
+            }
+            let result = self.replica_mut(id).handle_tick();
+            self.after(id, result);
+        }
+    }
+
+    /// One line per server, for traces.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let state = match node.replica.as_ref() {
+                Some(r) => {
+                    let raft = r.raft();
+                    format!(
+                        "{:?} t{} lead {:?} commit {} durable {} last {} applied {} ready {} exec {} diverged {:?} mode {:?}",
+                        raft.role(),
+                        raft.term(),
+                        raft.leader_id(),
+                        raft.commit_index(),
+                        raft.durable_index(),
+                        raft.last_log_id(),
+                        r.applied_index(),
+                        r.is_ready_leader(),
+                        r.executing(),
+                        r.diverged(),
+                        r.engine().status().mode,
+                    )
+                }
+                None => String::new(),
+            };
+            out.push_str(&format!("[{} {:?} {state}] ", node.id, node.status));
+        }
+        out
+    }
+
+    /// I2 at the end: every surviving server's committed tree is byte for
+    /// byte the same, and they all stand at the same index.
+    pub fn check_trees_identical(&mut self) {
+        let mut reference: Option<(NodeId, u64, crate::delta::mem::Listing)> = None;
+        for id in self.alive() {
+            let Some(replica) = self.nodes[(id - 1) as usize].replica.as_mut() else {
+                continue;
+            };
+            let base = replica.engine().base_dir().to_string();
+            let applied = replica.applied_index();
+            let tree = replica.engine_mut().tree();
+            let Ok(files) = listing(tree, &base) else {
+                self.checker.fail(format!("server {id}'s committed tree cannot be listed"));
+                continue;
+            };
+            match &reference {
+                None => reference = Some((id, applied, files)),
+                Some((other, at, theirs)) => {
+                    if *at == applied && *theirs != files {
+                        self.checker.fail(format!(
+                            "I2: servers {other} and {id} hold different committed trees at index {applied}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl FaultTarget for ReplicaSim {
+    fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+    fn now_us(&self) -> u64 {
+        self.now_us
+    }
+    fn net(&mut self) -> &mut Network {
+        &mut self.net
+    }
+    fn net_ref(&self) -> &Network {
+        &self.net
+    }
+    fn ids(&self) -> Vec<NodeId> {
+        ReplicaSim::ids(self)
+    }
+    fn status(&self, id: NodeId) -> Status {
+        ReplicaSim::status(self, id)
+    }
+    fn leader(&self) -> Option<NodeId> {
+        ReplicaSim::leader(self)
+    }
+    fn alive(&self) -> Vec<NodeId> {
+        ReplicaSim::alive(self)
+    }
+    fn election_us(&self) -> u64 {
+        self.setup.raft.election_ticks_min as u64 * self.timing.tick_us
+    }
+    fn election_ticks_min(&self) -> u32 {
+        self.setup.raft.election_ticks_min
+    }
+    fn crash(&mut self, id: NodeId) {
+        ReplicaSim::crash(self, id)
+    }
+    fn restart_after(&mut self, id: NodeId, delay_us: u64) {
+        ReplicaSim::restart_after(self, id, delay_us)
+    }
+    fn pause(&mut self, id: NodeId, duration_us: u64) {
+        ReplicaSim::pause(self, id, duration_us)
+    }
+    fn destroy(&mut self, id: NodeId) {
+        ReplicaSim::destroy(self, id)
+    }
+    fn set_clock_rate(&mut self, id: NodeId, rate: f64) {
+        ReplicaSim::set_clock_rate(self, id, rate)
+    }
+    fn clock_jump(&mut self, id: NodeId, ticks: u32) {
+        ReplicaSim::clock_jump(self, id, ticks)
+    }
+}
