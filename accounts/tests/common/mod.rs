@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 
 use bunker_accounts::frame::{self, RESPONSE_FRAME_BYTES_MAX};
-use bunker_accounts::response::{Response, Status};
+use bunker_accounts::response::{ErrorCode, Response, Status};
 use bunker_accounts::store::{Environment, StoreError};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bunker-accounts");
@@ -59,30 +59,42 @@ pub fn exec_raw(data_dir: &Path, stdin: &[u8]) -> Output {
 
 impl Runner for ExecRunner {
     fn run(&mut self, command: &str) -> Answer {
-        let output = exec_raw(&self.data_dir, command.as_bytes());
-        let code = output.status.code().expect("exec exits, it is not killed");
-        let status = match code {
-            0 => Status::Ok,
-            1 => Status::Business,
-            other => panic!(
-                "exec {command:?} exited {other}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            ),
-        };
-        let stdout = output.stdout;
-        assert_eq!(
-            stdout.last(),
-            Some(&b'\n'),
-            "exec ends its JSON with a newline"
-        );
-        let response = Response::from_json(&stdout).expect("exec prints one JSON response");
-        assert_eq!(response.status(), status, "exit code matches the response");
-        Answer { status, response }
+        exec_answer(&exec_raw(&self.data_dir, command.as_bytes()))
     }
 
     fn name(&self) -> &'static str {
         "exec"
     }
+}
+
+/// Reads an `exec` run's answer: exit 0 or 1 with one JSON response on
+/// stdout, or exit 2 with a message on stderr (shown as a `bad_command`
+/// rejection carrying that message).
+pub fn exec_answer(output: &Output) -> Answer {
+    let code = output.status.code().expect("exec exits, it is not killed");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let status = match code {
+        0 => Status::Ok,
+        1 => Status::Business,
+        2 => {
+            assert!(output.stdout.is_empty(), "exit 2 prints nothing on stdout");
+            assert!(!stderr.is_empty(), "exit 2 explains itself on stderr");
+            return Answer {
+                status: Status::BadCommand,
+                response: Response::rejected(ErrorCode::BadCommand, stderr),
+            };
+        }
+        other => panic!("exec exited {other}: {stderr}"),
+    };
+    let stdout = &output.stdout;
+    assert_eq!(
+        stdout.last(),
+        Some(&b'\n'),
+        "exec ends its JSON with a newline"
+    );
+    let response = Response::from_json(stdout).expect("exec prints one JSON response");
+    assert_eq!(response.status(), status, "exit code matches the response");
+    Answer { status, response }
 }
 
 /// A running `bunker-accounts serve`.
