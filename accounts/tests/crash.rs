@@ -248,7 +248,7 @@ fn kill_at_every_write_of_a_commit() {
         assert!(nth < 1000, "a deposit makes a bounded number of writes");
     }
     eprintln!(
-        "a deposit's commit makes {} writes; {hot_journals} kills left a hot journal",
+        "a deposit's commit makes {} writes; {hot_journals} kills left a journal file",
         nth - 1
     );
     assert!(nth > 10, "a commit takes several writes; saw {nth}");
@@ -278,4 +278,7 @@ fn kill_at_every_write_of_a_commit() {
     total += 5;
     assert_eq!(audit_ok(&mut exec).total_cents, total);
     assert_eq!(find_count(&mut exec, "at-reply"), 1);
+    assert_eq!(exec.run("deposit alice 1").status, Status::Ok);
+    let files: Vec<_> = snapshot(dir.path()).into_keys().collect();
+    assert_eq!(files, [std::path::PathBuf::from("accounts.db")]);
 }

@@ -4,6 +4,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod accounts;
 mod delta;
 
 #[derive(Parser)]
@@ -22,6 +23,9 @@ enum Command {
     Version,
     /// Delta engine: capture/apply time and delta size vs database and change size.
     Delta(delta::DeltaArgs),
+    /// Example application: per-command latency of bunker-accounts in exec
+    /// and serve modes, against the same commands in process.
+    Accounts(accounts::AccountsArgs),
 }
 
 fn main() {
@@ -31,6 +35,12 @@ fn main() {
         Command::Delta(args) => {
             if let Err(err) = delta::run(args) {
                 eprintln!("bunker-bench delta: {err}");
+                std::process::exit(1);
+            }
+        }
+        Command::Accounts(args) => {
+            if let Err(err) = accounts::run(args) {
+                eprintln!("bunker-bench accounts: {err}");
                 std::process::exit(1);
             }
         }
