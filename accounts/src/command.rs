@@ -651,4 +651,81 @@ mod tests {
         let err = parse(format!("frobnicate{token}").as_bytes()).expect_err("unknown verb");
         assert!(err.to_string().len() < 300);
     }
+
+    fn account_strategy() -> impl proptest::strategy::Strategy<Value = Account> {
+        use proptest::strategy::Strategy;
+        "[a-z0-9][a-z0-9_-]{0,63}".prop_map(|n| Account::new(&n).expect("matches the grammar"))
+    }
+
+    fn command_strategy() -> impl proptest::strategy::Strategy<Value = Command> {
+        use proptest::prelude::*;
+        let cents = 1..=MAX_AMOUNT_CENTS;
+        let reference = proptest::option::of(
+            "[A-Za-z0-9._:-]{1,128}".prop_map(|r| ClientRef::new(&r).expect("matches the grammar")),
+        );
+        prop_oneof![
+            (account_strategy(), 0..=MAX_AMOUNT_CENTS).prop_map(|(account, initial_cents)| {
+                Command::Open {
+                    account,
+                    initial_cents,
+                }
+            }),
+            (account_strategy(), cents.clone(), reference.clone()).prop_map(
+                |(account, cents, reference)| Command::Deposit {
+                    account,
+                    cents,
+                    reference
+                }
+            ),
+            (account_strategy(), cents.clone(), reference.clone()).prop_map(
+                |(account, cents, reference)| Command::Withdraw {
+                    account,
+                    cents,
+                    reference
+                }
+            ),
+            (
+                account_strategy(),
+                account_strategy(),
+                cents,
+                reference.clone()
+            )
+                .prop_filter("distinct accounts", |(from, to, _, _)| from != to)
+                .prop_map(|(from, to, cents, reference)| Command::Transfer {
+                    from,
+                    to,
+                    cents,
+                    reference
+                }),
+            account_strategy().prop_map(|account| Command::Balance { account }),
+            (account_strategy(), 1..=STATEMENT_LIMIT_MAX)
+                .prop_map(|(account, limit)| Command::Statement { account, limit }),
+            Just(Command::Audit),
+            "[A-Za-z0-9._:-]{1,128}".prop_map(|r| Command::Find {
+                reference: ClientRef::new(&r).expect("matches the grammar")
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,80}") {
+            if let Ok(command) = parse_str(&text) {
+                proptest::prop_assert_eq!(parse_str(&command.to_string()), Ok(command));
+            }
+        }
+
+        #[test]
+        fn every_command_prints_back_to_itself(command in command_strategy()) {
+            let text = command.to_string();
+            proptest::prop_assert!(text.len() <= COMMAND_BYTES_MAX);
+            proptest::prop_assert_eq!(parse(text.as_bytes()), Ok(command.clone()));
+            proptest::prop_assert_eq!(parse(format!("  {}\n", text.replace(' ', " \t ")).as_bytes()), Ok(command));
+        }
+    }
 }

@@ -915,3 +915,114 @@ fn quick_check(tx: &Transaction<'_>) -> Result<String, StoreError> {
     }
     Ok(problems.join("; "))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(dir: &Path) -> Connection {
+        Connection::open(dir.join(DB_FILE_NAME)).expect("open with rusqlite")
+    }
+
+    #[test]
+    fn opening_twice_keeps_one_house_and_the_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut env = SystemEnvironment;
+        let open = crate::parse(b"open alice 7").expect("valid");
+        let mut store = Store::open(dir.path(), SyncMode::Full).expect("open");
+        assert_eq!(
+            store.execute(&open, &mut env).expect("runs").status(),
+            crate::Status::Ok
+        );
+        drop(store);
+        let mut store = Store::open(dir.path(), SyncMode::Off).expect("reopen");
+        assert_eq!(
+            store.execute(&open, &mut env).expect("runs").status(),
+            crate::Status::Business,
+            "alice is still there"
+        );
+        let houses: i64 = sqlite(dir.path())
+            .query_row(
+                "SELECT COUNT(*) FROM accounts WHERE name = 'house'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(houses, 1);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Store::open(dir.path(), SyncMode::Off).expect("create"));
+        sqlite(dir.path())
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("bump");
+        let err = Store::open(dir.path(), SyncMode::Off)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(err, StoreError::TooNew { found, .. } if found == SCHEMA_VERSION + 1),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_someone_elses_database_and_leaves_it_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        sqlite(dir.path())
+            .execute_batch("CREATE TABLE recipes (name TEXT)")
+            .expect("their table");
+        let before = std::fs::read(dir.path().join(DB_FILE_NAME)).expect("read");
+        let err = Store::open(dir.path(), SyncMode::Off)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(
+                err,
+                StoreError::Foreign {
+                    found: 0,
+                    version: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join(DB_FILE_NAME)).expect("read"),
+            before
+        );
+    }
+
+    #[test]
+    fn the_data_directory_must_be_a_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").expect("write");
+        for path in [file, dir.path().join("missing")] {
+            let err = Store::open(&path, SyncMode::Off).err().expect("refused");
+            assert!(matches!(err, StoreError::DataDir { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn settings_are_the_documented_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), SyncMode::Off).expect("open");
+        let get = |name: &str| -> i64 {
+            store
+                .conn
+                .pragma_query_value(None, name, |r| r.get(0))
+                .expect("pragma")
+        };
+        assert_eq!(get("mmap_size"), 0);
+        assert_eq!(get("temp_store"), 2, "MEMORY");
+        assert_eq!(get("synchronous"), 0, "OFF");
+        assert_eq!(get("foreign_keys"), 1);
+        let mode: String = store
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .expect("pragma");
+        assert_eq!(mode, "delete");
+    }
+}
