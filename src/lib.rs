@@ -4,11 +4,14 @@
 //! - [`raft`]: the sans-IO consensus core.
 //! - [`delta`]: the delta engine: capture, apply, rollback and snapshot of
 //!   the application's file tree.
+//! - [`replica`]: the replication pipeline (speculative execution, output
+//!   commit, rollback, sessions) joining the core, the log and the engine.
 //! - [`sim`]: the deterministic simulator that drives the real core through
 //!   crashes, torn writes, partitions and selective packet loss.
 //! - [`wire`]: the versioned wire encoding of consensus messages.
 
 pub mod delta;
 pub mod raft;
+pub mod replica;
 pub mod sim;
 pub mod wire;

@@ -36,7 +36,7 @@ fn history(commands: &[Vec<AppOp>], seed: u64) -> Vec<(Captured, Listing)> {
         let captured = leader.capture().unwrap();
         for part in &captured.parts {
             index += 1;
-            leader.apply(index, part).unwrap();
+            leader.apply(index, 1, part).unwrap();
         }
         let want = list(leader.tree(), "live");
         out.push((captured, want));
@@ -52,7 +52,7 @@ fn feed(
     upto: u64,
 ) -> Result<(), EngineError> {
     for index in from..=upto {
-        engine.apply(index, &entries[index as usize - 1])?;
+        engine.apply(index, 1, &entries[index as usize - 1])?;
     }
     Ok(())
 }
@@ -156,7 +156,7 @@ proptest! {
         let last = entries.len() as u64;
         let mut next = 1u64;
         while next <= last {
-            match follower.apply(next, &entries[next as usize - 1]) {
+            match follower.apply(next, 1, &entries[next as usize - 1]) {
                 Ok(_) => next += 1,
                 Err(err) => {
                     prop_assert!(is_crash(&err), "unexpected error {err}");

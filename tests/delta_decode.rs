@@ -67,7 +67,7 @@ proptest! {
         part[i] ^= byte;
         let (mut engine, _) = Engine::open(MemTree::new(0), EngineConfig::default()).unwrap();
         let before = engine.status();
-        match engine.apply(1, &part) {
+        match engine.apply(1, 1, &part) {
             Err(EngineError::Corrupt { index: 1, .. }) => {}
             other => prop_assert!(false, "corrupt entry accepted: {other:?}"),
         }

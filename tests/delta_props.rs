@@ -56,8 +56,8 @@ fn commit<T: FileTree>(
     let count = captured.parts.len();
     for (i, part) in captured.parts.iter().enumerate() {
         *index += 1;
-        let on_leader = leader.apply(*index, part).expect("leader apply");
-        let on_follower = follower.apply(*index, part).expect("follower apply");
+        let on_leader = leader.apply(*index, 1, part).expect("leader apply");
+        let on_follower = follower.apply(*index, 1, part).expect("follower apply");
         if i + 1 < count {
             assert_eq!(on_leader, Applied::Staged);
             assert_eq!(on_follower, Applied::Staged);
@@ -226,7 +226,7 @@ fn sparse_extension_delta_is_small() {
     let captured = leader.capture().unwrap();
     assert!(captured.stats.encoded_bytes < 400, "{:?}", captured.stats);
     for part in &captured.parts {
-        follower.apply(1, part).unwrap();
+        follower.apply(1, 1, part).unwrap();
     }
     let want = list(leader.tree(), "live");
     assert_same("follower", &list(follower.tree(), "live"), &want);

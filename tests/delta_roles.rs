@@ -37,7 +37,7 @@ fn apply_all(engine: &mut Engine<MemTree>, index: &mut u64, parts: &[bytes::Byte
     let mut last = Applied::Skipped;
     for part in parts {
         *index += 1;
-        last = engine.apply(*index, part).unwrap();
+        last = engine.apply(*index, 1, part).unwrap();
     }
     last
 }

@@ -37,7 +37,7 @@ fn command<T: FileTree>(
     let mut entries = Vec::new();
     for part in &captured.parts {
         *index += 1;
-        source.apply(*index, part).unwrap();
+        source.apply(*index, 1, part).unwrap();
         entries.push((*index, part.to_vec()));
     }
     entries
@@ -106,7 +106,7 @@ fn scenario<T: FileTree>(
         log.extend(command(source, &mut index, ops, run_app));
     }
     for (at, part) in log.iter().filter(|(at, _)| *at > end_index) {
-        receiver.apply(*at, part).unwrap();
+        receiver.apply(*at, 1, part).unwrap();
     }
     let want = base_listing(source);
     assert_same("receiver after catching up", &base_listing(receiver), &want);
@@ -174,7 +174,7 @@ fn divergence_is_reported_and_cleared_by_a_snapshot() {
     let mut index = 0u64;
     let first = command(&mut leader, &mut index, &setup_ops(), &mut mem_app);
     for (at, part) in &first {
-        follower.apply(*at, part).unwrap();
+        follower.apply(*at, 1, part).unwrap();
     }
     // Bit rot on the follower's committed copy, behind the engine's back.
     let base = follower.base_dir().to_string();
@@ -196,13 +196,13 @@ fn divergence_is_reported_and_cleared_by_a_snapshot() {
         }],
         &mut mem_app,
     );
-    let err = follower.apply(second[0].0, &second[0].1).unwrap_err();
+    let err = follower.apply(second[0].0, 1, &second[0].1).unwrap_err();
     assert!(
         matches!(err, EngineError::Diverged { stage: "post", .. }),
         "{err}"
     );
     assert!(matches!(
-        follower.apply(second[0].0 + 1, &second[0].1),
+        follower.apply(second[0].0 + 1, 1, &second[0].1),
         Err(EngineError::IsDiverged { .. })
     ));
     assert!(!follower.status().can_lead());

@@ -284,12 +284,12 @@ fn run_case(
             let mut start = index;
             for part in &captured.parts {
                 start += 1;
-                follower.apply(start, part).map_err(|e| e.to_string())?;
+                follower.apply(start, 1, part).map_err(|e| e.to_string())?;
             }
             let apply_ns = t.elapsed().as_nanos() as u64;
             for part in &captured.parts {
                 index += 1;
-                leader.apply(index, part).map_err(|e| e.to_string())?;
+                leader.apply(index, 1, part).map_err(|e| e.to_string())?;
             }
             // Baselines, same iteration.
             let t = Instant::now();
@@ -369,7 +369,7 @@ pub fn run(args: DeltaArgs) -> Result<(), String> {
         .map(|s| parse_size(s))
         .collect::<Result<_, _>>()?;
     let max_part = parse_size(&args.max_part)? as usize;
-    if changes.iter().any(|c| *c == 0) {
+    if changes.contains(&0) {
         return Err("change sizes must be at least 1 byte".into());
     }
     let config = EngineConfig {

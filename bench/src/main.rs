@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod accounts;
 mod delta;
+mod log;
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +24,9 @@ enum Command {
     Version,
     /// Delta engine: capture/apply time and delta size vs database and change size.
     Delta(delta::DeltaArgs),
+    /// The durable log (ringlog): append latency and throughput against the
+    /// disk's own sync-write baselines.
+    Log(log::LogArgs),
     /// Example application: per-command latency of bunker-accounts in exec
     /// and serve modes, against the same commands in process.
     Accounts(accounts::AccountsArgs),
@@ -35,6 +39,12 @@ fn main() {
         Command::Delta(args) => {
             if let Err(err) = delta::run(args) {
                 eprintln!("bunker-bench delta: {err}");
+                std::process::exit(1);
+            }
+        }
+        Command::Log(args) => {
+            if let Err(e) = log::run(args) {
+                eprintln!("bunker-bench log: {e}");
                 std::process::exit(1);
             }
         }

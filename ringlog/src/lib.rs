@@ -17,6 +17,23 @@
 //!   (possibly cutting the last append short), never a later operation
 //!   without an earlier one.
 //! - `save_hard_state` is durable when it returns.
+//!
+//! The implementation: [`RingLog`] (module `ring`) keeps the log as a
+//! journal of checksummed, hash-chained records in a ring of preallocated
+//! segments, over any [`Disk`]: the simulated [`sim::SimDisk`] or the
+//! production [`uring::UringDisk`] (O_DIRECT, io_uring, a dedicated I/O
+//! thread). `format` is the on-disk format, `recovery` rebuilds the log after
+//! a crash. docs/RINGLOG.md describes the format, recovery and the choices.
+
+pub mod disk;
+pub mod format;
+mod recovery;
+pub mod ring;
+pub mod sim;
+pub mod uring;
+
+pub use disk::{AlignedBuf, Disk, FlushJob, Write};
+pub use ring::{FlushTicket, Geometry, Options, RingLog, RingStats};
 
 use bytes::Bytes;
 

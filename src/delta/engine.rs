@@ -204,6 +204,8 @@ pub struct Status {
     /// `base/` holds the state at this index (below `applied_index` while
     /// parts of a split delta are staged).
     pub state_index: u64,
+    /// The log term of the entry at `state_index`.
+    pub state_term: u64,
     pub state_hash: StateHash,
     pub mode: Mode,
     pub pending_captures: usize,
@@ -226,6 +228,8 @@ impl Status {
 pub struct OpenReport {
     pub fresh: bool,
     pub applied_index: u64,
+    /// The log term of the entry at `applied_index`.
+    pub applied_term: u64,
     /// The files of `base/` do not hash to the recorded state: a crash hit an
     /// apply; the caller re-feeds entries after `applied_index`.
     pub recovering: bool,
@@ -278,6 +282,10 @@ pub struct Engine<T: FileTree> {
     pub(crate) meta_counter: u64,
     pub(crate) applied_index: u64,
     pub(crate) state_index: u64,
+    /// The log term of the entry at `state_index` (durable with `meta`).
+    pub(crate) state_term: u64,
+    /// The term of the entry being applied (set by `apply`).
+    entry_term: u64,
     pub(crate) committed: StateIndex,
     spec: StateIndex,
     overlay: BTreeMap<String, PathOverlay>,
@@ -291,6 +299,8 @@ pub struct Engine<T: FileTree> {
     pub(crate) journal: Option<Journal>,
     /// Set by a storage error mid-apply: `committed` may not match the disk.
     index_stale: bool,
+    /// Changes drained from the tree by `has_changes` and not yet captured.
+    stashed: Changes,
 }
 
 /// One path's effect during an apply (for re-indexing afterwards).
@@ -337,6 +347,8 @@ impl<T: FileTree> Engine<T> {
             meta_counter: record.counter,
             applied_index: record.applied_index,
             state_index: record.applied_index,
+            state_term: record.applied_term,
+            entry_term: record.applied_term,
             spec: committed.clone(),
             committed,
             overlay: BTreeMap::new(),
@@ -349,6 +361,7 @@ impl<T: FileTree> Engine<T> {
             staging: None,
             journal: None,
             index_stale: false,
+            stashed: Changes::default(),
         };
         if let Err(err) = engine.rebuild_live() {
             return Err((err, engine.tree));
@@ -363,6 +376,7 @@ impl<T: FileTree> Engine<T> {
         let report = OpenReport {
             fresh,
             applied_index: record.applied_index,
+            applied_term: record.applied_term,
             recovering,
             files,
             bytes,
@@ -400,6 +414,7 @@ impl<T: FileTree> Engine<T> {
                 applied_index: 0,
                 gen: self.gen,
                 state_hash: hash,
+                applied_term: 0,
             },
         )?;
         self.committed = committed;
@@ -432,11 +447,40 @@ impl<T: FileTree> Engine<T> {
         Status {
             applied_index: self.applied_index,
             state_index: self.state_index,
+            state_term: self.state_term,
             state_hash: self.committed.hash(),
             mode: self.mode,
             pending_captures: self.pending.len(),
             recovering: self.recovering,
             diverged_at: self.diverged_at,
+        }
+    }
+
+    /// Whether the application may have changed anything in `live/` since
+    /// the last capture. `false` means certainly nothing (the command was a
+    /// read); `true` means maybe (a write of identical bytes counts). Cheap:
+    /// it only drains the change notifications, which the next capture uses.
+    pub fn has_changes(&mut self) -> Result<bool, EngineError> {
+        let changes = self.take_tree_changes()?;
+        let empty = changes.is_empty();
+        self.stashed = changes;
+        Ok(!empty)
+    }
+
+    /// Every change notified since the last call, including those stashed
+    /// by `has_changes`.
+    fn take_tree_changes(&mut self) -> Result<Changes, TreeError> {
+        let mut changes = std::mem::take(&mut self.stashed);
+        match self.tree.take_changes() {
+            Ok(more) => {
+                changes.merge(more);
+                Ok(changes)
+            }
+            Err(err) => {
+                // Keep what was stashed so it is not forgotten.
+                self.stashed = changes;
+                Err(err)
+            }
         }
     }
 
@@ -468,7 +512,7 @@ impl<T: FileTree> Engine<T> {
         if self.mode == Mode::NeedsRollback {
             return Err(EngineError::RollbackRequired);
         }
-        let changes = match self.tree.take_changes() {
+        let changes = match self.take_tree_changes() {
             Ok(changes) => changes,
             Err(err) => {
                 self.mark_unknown(&Changes {
@@ -911,13 +955,14 @@ impl<T: FileTree> Engine<T> {
 
     /// Records that entry `index`, which carries no delta (a barrier, a
     /// configuration), was applied. An unfinished split delta is abandoned.
-    pub fn advance(&mut self, index: u64) {
+    pub fn advance(&mut self, index: u64, term: u64) {
         if index <= self.applied_index {
             return;
         }
         self.abandon_staging();
         self.applied_index = index;
         self.state_index = index;
+        self.state_term = term;
     }
 
     fn abandon_staging(&mut self) {
@@ -934,11 +979,15 @@ impl<T: FileTree> Engine<T> {
     /// After an error, the engine forgets staged parts and entries after its
     /// state: re-feed from [`Status::state_index`] + 1 (after a storage
     /// error, once the disk works again; after `Diverged`, after a snapshot).
-    pub fn apply(&mut self, index: u64, part: &[u8]) -> Result<Applied, EngineError> {
+    ///
+    /// `term` is the log term of entry `index`; the engine keeps it with the
+    /// state so a restart knows the state's position in the log.
+    pub fn apply(&mut self, index: u64, term: u64, part: &[u8]) -> Result<Applied, EngineError> {
         self.check_not_diverged()?;
         if index <= self.applied_index {
             return Ok(Applied::AlreadyApplied);
         }
+        self.entry_term = term;
         let result = self.apply_part(index, part);
         if result.is_err() {
             self.staging = None;
@@ -968,6 +1017,7 @@ impl<T: FileTree> Engine<T> {
             if header.part_no != 0 {
                 self.applied_index = index;
                 self.state_index = index;
+                self.state_term = self.entry_term;
                 return Ok(Applied::Skipped);
             }
             remove_recursive(&mut self.tree, STAGE_DIR)?;
@@ -1060,7 +1110,7 @@ impl<T: FileTree> Engine<T> {
         if mirror {
             // Changes the application made that nobody captured: live/ is
             // no longer a mirror and must be rolled back.
-            let stray = self.tree.take_changes()?;
+            let stray = self.take_tree_changes()?;
             if !stray.is_empty() {
                 self.mark_unknown(&stray);
                 mirror = false;
@@ -1150,10 +1200,12 @@ impl<T: FileTree> Engine<T> {
                 applied_index: index,
                 gen: self.gen,
                 state_hash: post_actual,
+                applied_term: self.entry_term,
             },
         )?;
         self.applied_index = index;
         self.state_index = index;
+        self.state_term = self.entry_term;
         self.recovering = false;
         if let Some(journal) = &mut self.journal {
             journal.bytes += journal_parts.iter().map(|p| p.len() as u64).sum::<u64>();
@@ -1184,7 +1236,7 @@ impl<T: FileTree> Engine<T> {
                 }
             }
             // Our own writes into live/ are not the application's changes.
-            let _ = self.tree.take_changes();
+            let _ = self.take_tree_changes();
             assert_eq!(
                 self.spec.hash(),
                 self.committed.hash(),
@@ -1366,7 +1418,7 @@ impl<T: FileTree> Engine<T> {
             // marks the paths unknown, which reverts them whole.
             let _ = self.capture();
         } else {
-            match self.tree.take_changes() {
+            match self.take_tree_changes() {
                 Ok(changes) => self.mark_unknown(&changes),
                 Err(_) => {
                     self.unknown_rescan.insert(String::new());
@@ -1400,7 +1452,7 @@ impl<T: FileTree> Engine<T> {
         }
         self.overlay.clear();
         self.pending.clear();
-        let _ = self.tree.take_changes()?;
+        let _ = self.take_tree_changes()?;
         assert_eq!(
             self.spec.hash(),
             self.committed.hash(),
@@ -1614,7 +1666,7 @@ impl<T: FileTree> Engine<T> {
         self.pending.clear();
         self.mode = Mode::Mirrored;
         self.tree.watch(LIVE_DIR)?;
-        let _ = self.tree.take_changes()?;
+        let _ = self.take_tree_changes()?;
         Ok(())
     }
 
@@ -1624,6 +1676,7 @@ impl<T: FileTree> Engine<T> {
         &mut self,
         gen: u64,
         index: u64,
+        term: u64,
         committed: StateIndex,
     ) -> Result<(), EngineError> {
         let old = std::mem::replace(&mut self.base_dir, base_dir_name(gen));
@@ -1631,6 +1684,8 @@ impl<T: FileTree> Engine<T> {
         self.committed = committed;
         self.applied_index = index;
         self.state_index = index;
+        self.state_term = term;
+        self.entry_term = term;
         self.recovering = false;
         self.diverged_at = None;
         self.staging = None;
@@ -1987,6 +2042,7 @@ fn init_fresh<T: FileTree>(tree: &mut T) -> Result<MetaRecord, EngineError> {
         applied_index: 0,
         gen: 0,
         state_hash: EMPTY_STATE_HASH,
+        applied_term: 0,
     };
     tree.mkdir(&base_dir_name(0), 0o755)?;
     tree.sync(&[], &[String::new(), base_dir_name(0)])?;

@@ -18,8 +18,8 @@ use super::tree::{FileTree, TreeError};
 
 pub const META_PATH: &str = "meta";
 const MAGIC: u32 = u32::from_le_bytes(*b"BKMT");
-const VERSION: u16 = 1;
-const RECORD_BYTES: usize = 56;
+const VERSION: u16 = 2;
+const RECORD_BYTES: usize = 64;
 const SLOT_STRIDE: u64 = 4096;
 
 /// The record.
@@ -33,6 +33,10 @@ pub struct MetaRecord {
     pub gen: u64,
     /// The state hash of that directory at `applied_index`.
     pub state_hash: StateHash,
+    /// The log term of the entry at `applied_index` (0 for index 0), so that
+    /// a restarted server knows the position of its state in the log even
+    /// when its log no longer holds that entry.
+    pub applied_term: u64,
 }
 
 impl MetaRecord {
@@ -44,8 +48,9 @@ impl MetaRecord {
         b[16..24].copy_from_slice(&self.applied_index.to_le_bytes());
         b[24..32].copy_from_slice(&self.gen.to_le_bytes());
         b[32..48].copy_from_slice(&self.state_hash.to_le_bytes());
-        let checksum = xxh3_64(&b[..48]);
-        b[48..56].copy_from_slice(&checksum.to_le_bytes());
+        b[48..56].copy_from_slice(&self.applied_term.to_le_bytes());
+        let checksum = xxh3_64(&b[..56]);
+        b[56..64].copy_from_slice(&checksum.to_le_bytes());
         b
     }
 
@@ -59,7 +64,7 @@ impl MetaRecord {
         if b[0..4] != MAGIC.to_le_bytes() || b[4..6] != VERSION.to_le_bytes() {
             return None;
         }
-        if xxh3_64(&b[..48]) != u64_at(48) {
+        if xxh3_64(&b[..56]) != u64_at(56) {
             return None;
         }
         let mut hash = [0u8; 16];
@@ -69,6 +74,7 @@ impl MetaRecord {
             applied_index: u64_at(16),
             gen: u64_at(24),
             state_hash: u128::from_le_bytes(hash),
+            applied_term: u64_at(48),
         })
     }
 }
@@ -126,6 +132,7 @@ mod tests {
             applied_index: 0,
             gen: 0,
             state_hash: 0,
+            applied_term: 0,
         };
         create(&mut tree, &record).unwrap();
         for i in 1..5u64 {

@@ -36,7 +36,7 @@
 //! 32 checksum u64 = xxh3_64(bytes 0..32 ‖ payload)          40 payload
 //! ```
 //! Kinds: 1 DATA (delta records), 2 REPLAY (one whole delta part), 3 END
-//! (`index u64, hash u128`).
+//! (`index u64, term u64, hash u128`: the log position and hash of the state).
 
 use xxhash_rust::xxh3::Xxh3;
 
@@ -49,7 +49,7 @@ use super::meta::{self, MetaRecord};
 use super::tree::{join, FileTree, Kind};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"BKSN");
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 pub const CHUNK_HEADER_BYTES: usize = 40;
 const KIND_DATA: u8 = 1;
 const KIND_REPLAY: u8 = 2;
@@ -115,8 +115,14 @@ impl SnapshotInstall {
 /// Where an install stands after a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InstallProgress {
-    NeedMore { next_seq: u64 },
-    Installed { index: u64, state_hash: StateHash },
+    NeedMore {
+        next_seq: u64,
+    },
+    Installed {
+        index: u64,
+        term: u64,
+        state_hash: StateHash,
+    },
 }
 
 impl<T: FileTree> Engine<T> {
@@ -241,8 +247,9 @@ impl<T: FileTree> Engine<T> {
                     };
                     chunk
                 } else {
-                    let mut payload = Vec::with_capacity(24);
+                    let mut payload = Vec::with_capacity(32);
                     payload.extend_from_slice(&self.state_index.to_le_bytes());
+                    payload.extend_from_slice(&self.state_term.to_le_bytes());
                     payload.extend_from_slice(&self.committed.hash().to_le_bytes());
                     source.cursor = Pos::Finished;
                     seal_chunk(source.id, seq, KIND_END, &payload)
@@ -363,15 +370,17 @@ impl<T: FileTree> Engine<T> {
                 self.install_ops(install, ops)?;
             }
             KIND_END => {
-                if payload.len() != 24 {
+                if payload.len() != 32 {
                     return Err(corrupt(DecodeError::Truncated("END chunk")));
                 }
                 let index = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
-                let hash = u128::from_le_bytes(payload[8..24].try_into().expect("16 bytes"));
+                let term = u64::from_le_bytes(payload[8..16].try_into().expect("8 bytes"));
+                let hash = u128::from_le_bytes(payload[16..32].try_into().expect("16 bytes"));
                 install.next_seq += 1;
-                self.install_finish(install, index, hash)?;
+                self.install_finish(install, index, term, hash)?;
                 return Ok(InstallProgress::Installed {
                     index,
+                    term,
                     state_hash: hash,
                 });
             }
@@ -400,6 +409,7 @@ impl<T: FileTree> Engine<T> {
         &mut self,
         install: &SnapshotInstall,
         index: u64,
+        term: u64,
         hash: StateHash,
     ) -> Result<(), EngineError> {
         if self.diverged_at.is_none() && !self.recovering && index <= self.state_index {
@@ -434,9 +444,10 @@ impl<T: FileTree> Engine<T> {
                 applied_index: index,
                 gen: install.gen,
                 state_hash: hash,
+                applied_term: term,
             },
         )?;
-        self.switch_base(install.gen, index, committed)
+        self.switch_base(install.gen, index, term, committed)
     }
 }
 

@@ -133,6 +133,10 @@ pub struct Raft<L: LogStore> {
     leader: Option<LeaderState>,
     effects: VecDeque<Effect>,
     stopped: bool,
+    /// False while the layer above cannot serve as leader (its state
+    /// diverged or is being repaired): this server then neither campaigns
+    /// nor stays leader, but still votes and replicates.
+    electable: bool,
 }
 
 impl<L: LogStore> Raft<L> {
@@ -189,6 +193,7 @@ impl<L: LogStore> Raft<L> {
             leader: None,
             effects: VecDeque::new(),
             stopped: false,
+            electable: true,
             log,
         };
         raft.reset_election_timer();
@@ -309,16 +314,13 @@ impl<L: LogStore> Raft<L> {
         })
     }
 
-    /// A snapshot of the state machine at `id` arrived from `from`, sent as
-    /// leader of `term`. Returns whether the layer above should install it;
-    /// applies the term rules of Raft §7 (InstallSnapshot) first, so a stale
-    /// leader steps down before anything replaces its state.
-    pub fn accept_snapshot(
-        &mut self,
-        from: NodeId,
-        term: Term,
-        id: LogId,
-    ) -> Result<bool, CoreError> {
+    /// A snapshot (or a piece of one) arrived from `from`, sent as leader of
+    /// `term`. Returns whether the layer above may install it: it applies
+    /// the term rules of Raft §7 (InstallSnapshot) first, so a stale leader
+    /// steps down before anything replaces its state, and it accepts only
+    /// the current leader's snapshots. The layer above still checks that the
+    /// snapshot is ahead of what it holds.
+    pub fn accept_snapshot(&mut self, from: NodeId, term: Term) -> Result<bool, CoreError> {
         self.guard(|raft| {
             if term < raft.term || from == raft.id || !raft.configs.current().contains(from) {
                 return Ok(false);
@@ -337,7 +339,7 @@ impl<L: LogStore> Raft<L> {
             }
             raft.leader_contact_elapsed = 0;
             raft.election_elapsed = 0;
-            Ok(id.index > raft.commit)
+            Ok(true)
         })
     }
 
@@ -485,6 +487,24 @@ impl<L: LogStore> Raft<L> {
         Ok(())
     }
 
+    /// Says whether this server may lead. A server that may not stops
+    /// campaigning and, if it leads, steps down at once (its followers elect
+    /// another leader after their election timeout).
+    pub fn set_electable(&mut self, electable: bool) -> Result<(), CoreError> {
+        self.guard(|raft| {
+            raft.electable = electable;
+            if !electable && raft.role != Role::Follower {
+                let term = raft.term;
+                raft.become_follower(term, None)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn electable(&self) -> bool {
+        self.electable
+    }
+
     /// The state machine holds entries up to `index` durably: the log may
     /// release them.
     pub fn compact(&mut self, index: Index) -> Result<(), CoreError> {
@@ -628,7 +648,7 @@ impl<L: LogStore> Raft<L> {
 
     fn campaign_pre_vote(&mut self) -> Result<(), CoreError> {
         self.reset_election_timer();
-        if !self.configs.current().contains(self.id) {
+        if !self.configs.current().contains(self.id) || !self.electable {
             return Ok(());
         }
         assert!(self.role != Role::Leader);

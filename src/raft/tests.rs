@@ -9,7 +9,7 @@ use ringlog::{Entry, EntryKind, HardState, LogId, LogStore, NodeId, Term};
 
 fn core_with(id: NodeId, voters: &[NodeId], opts: Options) -> Raft<SimLog> {
     let membership = Membership::new(voters.iter().copied()).unwrap();
-    Raft::new(id, opts, membership, SimLog::new(), LogId::ZERO, 7).unwrap()
+    Raft::new(id, opts, membership, SimLog::new(id), LogId::ZERO, 7).unwrap()
 }
 
 fn core(id: NodeId) -> Raft<SimLog> {
@@ -63,9 +63,10 @@ fn time_out(r: &mut Raft<SimLog>) -> Vec<Effect> {
 
 /// Makes the log durable up to its last entry, as a group commit would.
 fn sync(r: &mut Raft<SimLog>) -> Vec<Effect> {
-    let ops = r.log().begin_sync();
-    let durable = r.log_mut().complete_sync(ops);
-    r.handle_log_durable(durable).unwrap();
+    if let Some(ticket) = r.log_mut().begin_sync().unwrap() {
+        let durable = r.log_mut().complete_sync(ticket).unwrap();
+        r.handle_log_durable(durable).unwrap();
+    }
     drain(r)
 }
 
@@ -234,24 +235,24 @@ fn ack_before_durable_mutation_acknowledges_early() {
 fn leader_does_not_commit_an_older_term_entry_by_counting_replicas() {
     // Raft §5.4.2, Figure 8 (c): entry 2 of term 1 is on a majority, but the
     // leader of term 3 may not commit it until an entry of term 3 commits.
-    let mut log = SimLog::new();
+    let mut log = SimLog::new(1);
     log.append(&[entry(1, 1), entry(2, 1)]).unwrap();
     log.save_hard_state(HardState {
         term: 2,
         vote: None,
     })
     .unwrap();
-    let ops = log.begin_sync();
-    log.complete_sync(ops);
+    let ticket = log.begin_sync().unwrap().unwrap();
+    log.complete_sync(ticket).unwrap();
     for (mutation, commits_old) in [(Mutation::None, false), (Mutation::CommitOlderTerms, true)] {
         let membership = Membership::new([1, 2, 3]).unwrap();
-        let mut cloned = SimLog::new();
+        let mut cloned = SimLog::new(2);
         cloned
             .append(&log.entries(1, 3, u64::MAX).unwrap())
             .unwrap();
         cloned.save_hard_state(log.hard_state()).unwrap();
-        let ops = cloned.begin_sync();
-        let durable = cloned.complete_sync(ops);
+        let ticket = cloned.begin_sync().unwrap().unwrap();
+        let durable = cloned.complete_sync(ticket).unwrap();
         let opts = Options {
             mutation,
             ..Options::default()
@@ -615,13 +616,10 @@ fn lagging_follower_behind_the_released_prefix_needs_a_snapshot() {
 fn a_stale_leader_steps_down_before_accepting_a_snapshot() {
     // Raft §7 InstallSnapshot obeys the term rules of §5.1.
     let mut r = leader();
-    assert!(r.accept_snapshot(2, 2, LogId::new(10, 2)).unwrap());
+    assert!(r.accept_snapshot(2, 2).unwrap());
     assert_eq!(r.role(), Role::Follower);
     assert_eq!(r.term(), 2);
-    assert!(
-        !r.accept_snapshot(3, 1, LogId::new(20, 1)).unwrap(),
-        "older term refused"
-    );
+    assert!(!r.accept_snapshot(3, 1).unwrap(), "older term refused");
     let membership = Membership::new([1, 2, 3]).unwrap();
     r.handle_snapshot_installed(LogId::new(10, 2), membership)
         .unwrap();

@@ -48,7 +48,8 @@ pub struct Node {
     incarnation: u64,
     /// Simulated microseconds per tick of this server's clock.
     pub tick_us: u64,
-    sync_in_flight: bool,
+    /// The group commit in flight, if any.
+    sync: Option<ringlog::FlushTicket>,
     inbox: Vec<Packet>,
     /// The term this server leads, as its effects announced.
     leading: Option<Term>,
@@ -82,23 +83,10 @@ struct ReadCheck {
 #[derive(Debug)]
 enum Event {
     Deliver(Packet),
-    Tick {
-        node: NodeId,
-        incarnation: u64,
-    },
-    SyncDone {
-        node: NodeId,
-        incarnation: u64,
-        ops: usize,
-    },
-    Restart {
-        node: NodeId,
-        incarnation: u64,
-    },
-    Resume {
-        node: NodeId,
-        incarnation: u64,
-    },
+    Tick { node: NodeId, incarnation: u64 },
+    SyncDone { node: NodeId, incarnation: u64 },
+    Restart { node: NodeId, incarnation: u64 },
+    Resume { node: NodeId, incarnation: u64 },
     Timer(u64),
 }
 
@@ -215,11 +203,11 @@ impl Sim {
                 id,
                 status: Status::Crashed,
                 raft: None,
-                disk: Some(SimLog::new()),
+                disk: Some(SimLog::new(seed ^ id.wrapping_mul(0x2545_F491_4F6C_DD1D))),
                 app: AppState::new(membership.clone()),
                 incarnation: 0,
                 tick_us: sim.timing.tick_us,
-                sync_in_flight: false,
+                sync: None,
                 inbox: Vec::new(),
                 leading: None,
                 pending: Vec::new(),
@@ -311,11 +299,7 @@ impl Sim {
         match next.event {
             Event::Deliver(packet) => self.deliver(packet),
             Event::Tick { node, incarnation } => self.on_tick(node, incarnation),
-            Event::SyncDone {
-                node,
-                incarnation,
-                ops,
-            } => self.on_sync_done(node, incarnation, ops),
+            Event::SyncDone { node, incarnation } => self.on_sync_done(node, incarnation),
             Event::Restart { node, incarnation } => {
                 if self.node(node).incarnation == incarnation
                     && self.node(node).status == Status::Crashed
@@ -405,7 +389,7 @@ impl Sim {
         self.after(id, result);
     }
 
-    fn on_sync_done(&mut self, id: NodeId, incarnation: u64, ops: usize) {
+    fn on_sync_done(&mut self, id: NodeId, incarnation: u64) {
         let node = self.node(id);
         if node.incarnation != incarnation {
             return;
@@ -417,16 +401,17 @@ impl Sim {
                 Event::SyncDone {
                     node: id,
                     incarnation,
-                    ops,
                 },
             );
             return;
         }
         let node = self.node_mut(id);
-        node.sync_in_flight = false;
+        let ticket = node.sync.take().expect("a sync is in flight");
         let raft = node.raft.as_mut().expect("up");
-        let durable = raft.log_mut().complete_sync(ops);
-        let result = raft.handle_log_durable(durable);
+        let result = match raft.log_mut().complete_sync(ticket) {
+            Ok(durable) => raft.handle_log_durable(durable),
+            Err(e) => Err(e.into()),
+        };
         self.after(id, result);
     }
 
@@ -462,10 +447,19 @@ impl Sim {
         };
         let (term, vote) = (raft.term(), raft.vote());
         let appended = raft.log_mut().drain_appended();
-        let pending_ops = raft.log().pending_ops();
-        let start_sync = pending_ops > 0 && !node.sync_in_flight;
-        if start_sync {
-            node.sync_in_flight = true;
+        let mut start_sync = false;
+        if node.sync.is_none() && raft.log().pending_ops() > 0 {
+            match raft.log_mut().begin_sync() {
+                Ok(ticket) => {
+                    start_sync = ticket.is_some();
+                    node.sync = ticket;
+                }
+                Err(_) => {
+                    // The disk failed: the server stops (fail-stop).
+                    self.crash(id);
+                    return;
+                }
+            }
         }
         let incarnation = node.incarnation;
         self.checker.hard_state(id, term, vote);
@@ -481,7 +475,6 @@ impl Sim {
                 Event::SyncDone {
                     node: id,
                     incarnation,
-                    ops: pending_ops,
                 },
             );
         }
@@ -626,9 +619,9 @@ impl Sim {
 
     fn install_snapshot(&mut self, id: NodeId, from: NodeId, term: Term, state: AppState) {
         let raft = self.node_mut(id).raft.as_mut().expect("up");
-        match raft.accept_snapshot(from, term, state.applied) {
-            Ok(true) => {}
-            Ok(false) => return self.after(id, Ok(())),
+        match raft.accept_snapshot(from, term) {
+            Ok(true) if state.applied.index > raft.commit_index() => {}
+            Ok(_) => return self.after(id, Ok(())),
             Err(e) => return self.after(id, Err(e)),
         }
         if state.applied.index <= self.node(id).app.applied.index {
@@ -752,7 +745,7 @@ impl Sim {
                 node.raft = Some(raft);
                 node.status = Status::Up;
                 node.incarnation += 1;
-                node.sync_in_flight = false;
+                node.sync = None;
                 node.leading = None;
                 let (incarnation, tick_us) = (node.incarnation, node.tick_us);
                 let phase = self.rng.gen_range(0..tick_us);
@@ -791,17 +784,29 @@ impl Sim {
             return;
         }
         let log = node.raft.take().expect("running").into_log();
-        node.disk = Some(if lose_all {
+        let recovered = if lose_all {
             log.crash_losing_unsynced()
         } else {
             log.crash(&mut rng)
-        });
+        };
         node.status = Status::Crashed;
+        match recovered {
+            Ok(log) => node.disk = Some(log),
+            Err(e) => {
+                // Recovery refused the disk: report it; the server cannot
+                // come back without repair, like a destroyed one.
+                node.status = Status::Destroyed;
+                self.checker.fail(format!(
+                    "server {id}'s log does not recover after a crash: {e}"
+                ));
+            }
+        }
+        let node = self.node_mut(id);
         node.incarnation += 1;
         node.inbox.clear();
         node.pending.clear();
         node.leading = None;
-        node.sync_in_flight = false;
+        node.sync = None;
         self.stats.crashes += 1;
     }
 
@@ -1066,5 +1071,56 @@ impl Sim {
     /// The digest of the entry a proposal created (for scenario assertions).
     pub fn digest_of(entry: &ringlog::Entry) -> u64 {
         entry_digest(entry)
+    }
+}
+
+impl crate::sim::nemesis::FaultTarget for Sim {
+    fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+    fn now_us(&self) -> u64 {
+        self.now_us
+    }
+    fn net(&mut self) -> &mut Network {
+        &mut self.net
+    }
+    fn net_ref(&self) -> &Network {
+        &self.net
+    }
+    fn ids(&self) -> Vec<NodeId> {
+        Sim::ids(self)
+    }
+    fn status(&self, id: NodeId) -> Status {
+        Sim::status(self, id)
+    }
+    fn leader(&self) -> Option<NodeId> {
+        Sim::leader(self)
+    }
+    fn alive(&self) -> Vec<NodeId> {
+        Sim::alive(self)
+    }
+    fn election_us(&self) -> u64 {
+        self.opts.election_ticks_min as u64 * self.timing.tick_us
+    }
+    fn election_ticks_min(&self) -> u32 {
+        self.opts.election_ticks_min
+    }
+    fn crash(&mut self, id: NodeId) {
+        Sim::crash(self, id)
+    }
+    fn restart_after(&mut self, id: NodeId, delay_us: u64) {
+        Sim::restart_after(self, id, delay_us)
+    }
+    fn pause(&mut self, id: NodeId, duration_us: u64) {
+        Sim::pause(self, id, duration_us)
+    }
+    fn destroy(&mut self, id: NodeId) {
+        Sim::destroy(self, id)
+    }
+    fn set_clock_rate(&mut self, id: NodeId, rate: f64) {
+        Sim::set_clock_rate(self, id, rate)
+    }
+    fn clock_jump(&mut self, id: NodeId, ticks: u32) {
+        Sim::clock_jump(self, id, ticks)
     }
 }

@@ -1,162 +1,101 @@
-//! A simulated Raft log with crash semantics, for the simulator.
+//! The simulator's log: the real ringlog over a simulated disk.
 //!
-//! What it does: implements [`LogStore`] in memory as an operation journal.
-//! Every submitted operation changes the in-memory view at once; a group
-//! commit (`begin_sync` then `complete_sync`) makes the operations submitted
-//! before it durable; a crash keeps the durable image plus a random prefix
-//! of the operations not yet synced, and may cut the last surviving append
-//! short (a torn write, which the real log's checksums would detect and
-//! discard at entry granularity).
+//! What it does: wraps [`RingLog`] over [`SimDisk`] (the same record
+//! format, group commit, truncation, release and recovery code the servers
+//! run, over an in-memory disk that loses unsynced writes and tears the last
+//! one at a crash), and records what was appended so the simulator's
+//! log-matching checker can see it.
 //!
-//! What it does not do: model bytes on a disk. The ringlog crate's own
-//! simulated disk does that for the real log format.
+//! What it does not do: choose when group commits start or complete (the
+//! simulator does, with simulated latencies) or when servers crash.
 //!
-//! Invariants: the durable image is always the result of applying a prefix
-//! of the submitted operations to the previous durable image; the hard
-//! state is durable on return from `save_hard_state`.
+//! Invariants: one group commit in flight at a time (the cluster starts the
+//! next one only after the previous completed); the hard state is durable on
+//! return from `save_hard_state` (the ring writes and syncs its slot).
 
 use rand::Rng;
-use ringlog::{Entry, HardState, Index, LogId, LogStore, StorageError, Term};
-use std::collections::VecDeque;
+use ringlog::sim::SimDisk;
+use ringlog::{
+    Entry, FlushTicket, Geometry, HardState, Index, LogId, LogStore, Options, RingLog,
+    StorageError, Term,
+};
 
-#[derive(Clone, Debug, Default)]
-struct Image {
-    snapshot: LogId,
-    entries: VecDeque<Entry>,
-}
+/// Each simulated server's ring: 16 segments of 256 KiB.
+pub const SIM_GEOMETRY: Geometry = Geometry {
+    segment_bytes: 256 << 10,
+    segment_count: 16,
+};
 
-impl Image {
-    fn last_id(&self) -> LogId {
-        self.entries.back().map(|e| e.id()).unwrap_or(self.snapshot)
+fn options() -> Options {
+    Options {
+        cache_bytes_max: 1 << 20,
+        unflushed_bytes_max: 2 << 20,
+        flushes_in_flight_max: 1,
     }
-
-    fn term(&self, index: Index) -> Option<Term> {
-        if index == self.snapshot.index {
-            return Some(self.snapshot.term);
-        }
-        if index < self.snapshot.index {
-            return None;
-        }
-        self.entries
-            .get((index - self.snapshot.index - 1) as usize)
-            .map(|e| e.term)
-    }
-
-    fn apply(&mut self, op: &Op) {
-        match op {
-            Op::Append(entries) => {
-                assert_eq!(
-                    entries[0].index,
-                    self.last_id().index + 1,
-                    "append must continue the log"
-                );
-                self.entries.extend(entries.iter().cloned());
-            }
-            Op::Truncate(index) => {
-                assert!(*index > self.snapshot.index);
-                let keep = (index - self.snapshot.index - 1) as usize;
-                self.entries.truncate(keep);
-            }
-            Op::Release(index) => {
-                let term = self.term(*index).expect("release inside the log");
-                let drop = (index - self.snapshot.index) as usize;
-                self.entries.drain(..drop);
-                self.snapshot = LogId::new(*index, term);
-            }
-            Op::Reset(snapshot) => {
-                self.entries.clear();
-                self.snapshot = *snapshot;
-            }
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-enum Op {
-    Append(Vec<Entry>),
-    Truncate(Index),
-    Release(Index),
-    Reset(LogId),
 }
 
 /// The simulated log of one server.
-#[derive(Debug, Default)]
 pub struct SimLog {
-    current: Image,
-    durable: Image,
-    pending: VecDeque<Op>,
-    hard: HardState,
+    ring: RingLog<SimDisk>,
     /// Entries appended since the simulator last drained them (for the
-    /// log-matching checker), with the term of the entry before each batch.
+    /// log-matching checker), each batch with the term of the entry before it.
     appended: Vec<(Term, Vec<Entry>)>,
-    /// When set, every write fails with a full-disk error.
-    pub full: bool,
 }
 
 impl SimLog {
-    pub fn new() -> SimLog {
-        SimLog::default()
-    }
-
-    /// Operations submitted and not yet covered by a completed sync.
-    pub fn pending_ops(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// Starts a group commit covering every operation submitted so far;
-    /// returns how many it covers.
-    pub fn begin_sync(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// Completes a group commit that covered `ops` operations and returns
-    /// the position that is now durable.
-    pub fn complete_sync(&mut self, ops: usize) -> LogId {
-        assert!(ops <= self.pending.len());
-        for op in self.pending.drain(..ops) {
-            self.durable.apply(&op);
-        }
-        self.durable.last_id()
-    }
-
-    /// The log a server finds on its disk after a crash.
-    pub fn crash(mut self, rng: &mut impl Rng) -> SimLog {
-        let survive = rng.gen_range(0..=self.pending.len());
-        let ops: Vec<Op> = self.pending.drain(..).take(survive).collect();
-        let count = ops.len();
-        for (i, op) in ops.into_iter().enumerate() {
-            let torn = i + 1 == count && rng.gen_bool(0.5);
-            match op {
-                Op::Append(entries) if torn => {
-                    let keep = rng.gen_range(0..entries.len());
-                    if keep > 0 {
-                        self.durable.apply(&Op::Append(entries[..keep].to_vec()));
-                    }
-                }
-                op => self.durable.apply(&op),
-            }
-        }
+    /// A freshly formatted log on an empty simulated disk.
+    pub fn new(seed: u64) -> SimLog {
+        let disk = SimDisk::new(SIM_GEOMETRY.disk_bytes());
+        let ring = RingLog::format(disk, SIM_GEOMETRY, seed, options())
+            .expect("formatting an empty simulated disk succeeds");
         SimLog {
-            current: self.durable.clone(),
-            durable: self.durable,
-            pending: VecDeque::new(),
-            hard: self.hard,
+            ring,
             appended: Vec::new(),
-            full: false,
         }
+    }
+
+    /// Whether anything was submitted and not yet handed to a group commit.
+    pub fn pending_ops(&self) -> usize {
+        usize::from(self.ring.has_unflushed())
+    }
+
+    /// Starts a group commit of everything submitted so far: the writes
+    /// reach the simulated disk, not yet synced.
+    pub fn begin_sync(&mut self) -> Result<Option<FlushTicket>, StorageError> {
+        self.ring.begin_flush()
+    }
+
+    /// Completes a group commit: returns the position now durable.
+    pub fn complete_sync(&mut self, ticket: FlushTicket) -> Result<LogId, StorageError> {
+        self.ring.complete_flush(ticket)
+    }
+
+    /// The log a server finds on its disk after a crash: unsynced writes
+    /// lost (a random in-order subset kept, the last one maybe torn), then
+    /// the real recovery scan.
+    pub fn crash(self, rng: &mut impl Rng) -> Result<SimLog, StorageError> {
+        let mut disk = self.ring.into_disk();
+        disk.crash(rng.gen());
+        SimLog::reopen(disk)
     }
 
     /// The log after a power loss that keeps nothing unsynced.
-    pub fn crash_losing_unsynced(mut self) -> SimLog {
-        self.pending.clear();
-        SimLog {
-            current: self.durable.clone(),
-            durable: self.durable,
-            pending: VecDeque::new(),
-            hard: self.hard,
+    pub fn crash_losing_unsynced(self) -> Result<SimLog, StorageError> {
+        let mut disk = self.ring.into_disk();
+        disk.crash_losing_unsynced();
+        SimLog::reopen(disk)
+    }
+
+    fn reopen(disk: SimDisk) -> Result<SimLog, StorageError> {
+        Ok(SimLog {
+            ring: RingLog::open(disk, options())?,
             appended: Vec::new(),
-            full: false,
-        }
+        })
+    }
+
+    /// Makes every later write fail as on a full disk (or not).
+    pub fn set_full(&mut self, full: bool) {
+        self.ring.disk_mut().set_full(full);
     }
 
     /// Entries appended since the last call, each batch with the term of
@@ -164,82 +103,50 @@ impl SimLog {
     pub fn drain_appended(&mut self) -> Vec<(Term, Vec<Entry>)> {
         std::mem::take(&mut self.appended)
     }
-
-    fn submit(&mut self, op: Op) -> Result<(), StorageError> {
-        if self.full {
-            return Err(StorageError::Full("simulated full disk".into()));
-        }
-        self.current.apply(&op);
-        self.pending.push_back(op);
-        Ok(())
-    }
 }
 
 impl LogStore for SimLog {
     fn snapshot_id(&self) -> LogId {
-        self.current.snapshot
+        self.ring.snapshot_id()
     }
 
     fn last_id(&self) -> LogId {
-        self.current.last_id()
+        self.ring.last_id()
     }
 
     fn term(&self, index: Index) -> Option<Term> {
-        self.current.term(index)
+        self.ring.term(index)
     }
 
     fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
-        let first = self.current.snapshot.index + 1;
-        let last = self.current.last_id().index;
-        if lo < first || hi > last + 1 {
-            return Err(StorageError::Unavailable {
-                index: lo,
-                first,
-                last,
-            });
-        }
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for index in lo..hi {
-            let entry = &self.current.entries[(index - first) as usize];
-            bytes += entry.size_bytes();
-            if !out.is_empty() && bytes > max_bytes {
-                break;
-            }
-            out.push(entry.clone());
-        }
-        Ok(out)
+        self.ring.entries(lo, hi, max_bytes)
     }
 
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
-        let prev_term = self.current.last_id().term;
-        self.submit(Op::Append(entries.to_vec()))?;
+        let prev_term = self.ring.last_id().term;
+        self.ring.append(entries)?;
         self.appended.push((prev_term, entries.to_vec()));
         Ok(())
     }
 
     fn truncate_from(&mut self, index: Index) -> Result<(), StorageError> {
-        self.submit(Op::Truncate(index))
+        self.ring.truncate_from(index)
     }
 
     fn release_to(&mut self, index: Index) -> Result<(), StorageError> {
-        self.submit(Op::Release(index))
+        self.ring.release_to(index)
     }
 
     fn reset(&mut self, snapshot: LogId) -> Result<(), StorageError> {
-        self.submit(Op::Reset(snapshot))
+        self.ring.reset(snapshot)
     }
 
     fn hard_state(&self) -> HardState {
-        self.hard
+        self.ring.hard_state()
     }
 
     fn save_hard_state(&mut self, state: HardState) -> Result<(), StorageError> {
-        if self.full {
-            return Err(StorageError::Full("simulated full disk".into()));
-        }
-        self.hard = state;
-        Ok(())
+        self.ring.save_hard_state(state)
     }
 }
 
@@ -254,21 +161,25 @@ mod tests {
             index,
             term,
             kind: ringlog::EntryKind::Command,
-            data: Bytes::from(vec![index as u8]),
+            data: Bytes::from(vec![index as u8; 100]),
         }
     }
 
     #[test]
-    fn unsynced_operations_can_be_lost_and_synced_ones_never_are() {
-        for seed in 0..200 {
+    fn synced_entries_survive_every_crash_and_unsynced_ones_may_not() {
+        for seed in 0..100 {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            let mut log = SimLog::new();
+            let mut log = SimLog::new(seed);
+            let hard = HardState {
+                term: 1,
+                vote: None,
+            };
+            log.save_hard_state(hard).unwrap();
             log.append(&[entry(1, 1), entry(2, 1)]).unwrap();
-            let ops = log.begin_sync();
+            let ticket = log.begin_sync().unwrap().unwrap();
             log.append(&[entry(3, 1), entry(4, 1)]).unwrap();
-            assert_eq!(log.complete_sync(ops), LogId::new(2, 1));
-            log.truncate_from(4).unwrap();
-            let after = log.crash(&mut rng);
+            assert_eq!(log.complete_sync(ticket).unwrap(), LogId::new(2, 1));
+            let after = log.crash(&mut rng).unwrap();
             let last = after.last_id().index;
             assert!((2..=4).contains(&last), "seed {seed}: last {last}");
         }

@@ -12,10 +12,11 @@
 //! (the run's liveness phase does).
 
 use crate::raft::MessageKind;
-use crate::sim::cluster::{Sim, Status};
-use crate::sim::network::{Link, PacketKind};
+use crate::sim::cluster::Status;
+use crate::sim::network::{Link, Network, PacketKind};
 use rand::seq::SliceRandom;
 use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use ringlog::NodeId;
 
 /// How hostile the nemesis is.
@@ -83,6 +84,31 @@ impl FaultConfig {
     }
 }
 
+/// What the nemesis needs from a simulated cluster: its clock, its
+/// randomness, its network, and the fault primitives. Both the consensus
+/// simulator (`Sim`) and the replica simulator (`ReplicaSim`) provide it.
+pub trait FaultTarget {
+    fn rng(&mut self) -> &mut ChaCha8Rng;
+    fn now_us(&self) -> u64;
+    fn net(&mut self) -> &mut Network;
+    fn net_ref(&self) -> &Network;
+    fn ids(&self) -> Vec<NodeId>;
+    fn status(&self, id: NodeId) -> Status;
+    /// The running server that leads the highest term, if any.
+    fn leader(&self) -> Option<NodeId>;
+    /// Servers not destroyed.
+    fn alive(&self) -> Vec<NodeId>;
+    /// Simulated microseconds of one minimum election timeout.
+    fn election_us(&self) -> u64;
+    fn election_ticks_min(&self) -> u32;
+    fn crash(&mut self, id: NodeId);
+    fn restart_after(&mut self, id: NodeId, delay_us: u64);
+    fn pause(&mut self, id: NodeId, duration_us: u64);
+    fn destroy(&mut self, id: NodeId);
+    fn set_clock_rate(&mut self, id: NodeId, rate: f64);
+    fn clock_jump(&mut self, id: NodeId, ticks: u32);
+}
+
 /// A link that toggles between blocked and open.
 #[derive(Clone, Debug)]
 pub struct Flap {
@@ -113,14 +139,14 @@ impl Nemesis {
         }
     }
 
-    fn note(&mut self, sim: &Sim, what: String) {
+    fn note(&mut self, sim: &impl FaultTarget, what: String) {
         const LOG_LINES_MAX: usize = 400;
         if self.log.len() < LOG_LINES_MAX {
-            self.log.push(format!("{:>10}us {what}", sim.now_us));
+            self.log.push(format!("{:>10}us {what}", sim.now_us()));
         }
     }
 
-    pub fn destroyed(sim: &Sim) -> usize {
+    pub fn destroyed(sim: &impl FaultTarget) -> usize {
         sim.ids()
             .into_iter()
             .filter(|&n| sim.status(n) == Status::Destroyed)
@@ -128,14 +154,14 @@ impl Nemesis {
     }
 
     /// Picks and applies one action.
-    pub fn act(&mut self, sim: &mut Sim) {
-        let election_us = sim.opts.election_ticks_min as u64 * sim.timing.tick_us;
-        let choice = sim.rng.gen_range(0..100u32);
+    pub fn act(&mut self, sim: &mut impl FaultTarget) {
+        let election_us = sim.election_us();
+        let choice = sim.rng().gen_range(0..100u32);
         match choice {
             0..=19 => self.randomize_links(sim),
             20..=44 if self.cfg.partitions => self.partition(sim),
             45..=59 => {
-                sim.net.heal_all();
+                sim.net().heal_all();
                 self.flaps.clear();
                 self.note(sim, "heal all links".into());
             }
@@ -151,11 +177,11 @@ impl Nemesis {
                     .into_iter()
                     .filter(|&n| matches!(sim.status(n), Status::Up | Status::Paused))
                     .collect();
-                up.shuffle(&mut sim.rng);
-                let count = sim.rng.gen_range(2..=3).min(up.len());
+                up.shuffle(sim.rng());
+                let count = sim.rng().gen_range(2..=3).min(up.len());
                 for &n in &up[..count] {
                     sim.crash(n);
-                    let delay = sim.rng.gen_range(0..2 * election_us);
+                    let delay = sim.rng().gen_range(0..2 * election_us);
                     sim.restart_after(n, delay);
                 }
                 self.note(sim, format!("power failure on {:?}", &up[..count]));
@@ -164,22 +190,22 @@ impl Nemesis {
                 let target = self.pick_target(sim, &[Status::Up, Status::Paused]);
                 if let Some(n) = target {
                     sim.crash(n);
-                    let delay = sim.rng.gen_range(0..4 * election_us);
+                    let delay = sim.rng().gen_range(0..4 * election_us);
                     sim.restart_after(n, delay);
                     self.note(sim, format!("crash {n}, restart in {delay}us"));
                 }
             }
             75..=81 if self.cfg.pauses => {
                 if let Some(n) = self.pick_target(sim, &[Status::Up]) {
-                    let duration = sim.rng.gen_range(election_us * 3 / 2..election_us * 5);
+                    let duration = sim.rng().gen_range(election_us * 3 / 2..election_us * 5);
                     sim.pause(n, duration);
                     self.note(sim, format!("pause {n} for {duration}us"));
                 }
             }
             82..=85 if self.destroy_room(sim) > 0 => {
                 let room = self.destroy_room(sim);
-                let count = sim.rng.gen_range(1..=room);
-                if sim.rng.gen_bool(0.5) {
+                let count = sim.rng().gen_range(1..=room);
+                if sim.rng().gen_bool(0.5) {
                     self.destroy_on_ack = Some(count);
                     self.note(
                         sim,
@@ -190,13 +216,14 @@ impl Nemesis {
                 }
             }
             86..=95 if self.cfg.clocks => {
-                let n = *sim.ids().choose(&mut sim.rng).expect("servers");
-                if sim.rng.gen_bool(0.5) {
-                    let rate = sim.rng.gen_range(0.5..1.5);
+                let n = *sim.ids().choose(sim.rng()).expect("servers");
+                if sim.rng().gen_bool(0.5) {
+                    let rate = sim.rng().gen_range(0.5..1.5);
                     sim.set_clock_rate(n, rate);
                     self.note(sim, format!("clock of {n} runs at {rate:.2}x"));
                 } else {
-                    let ticks = sim.rng.gen_range(5..3 * sim.opts.election_ticks_min);
+                    let max = 3 * sim.election_ticks_min();
+                    let ticks = sim.rng().gen_range(5..max);
                     sim.clock_jump(n, ticks);
                     self.note(sim, format!("clock of {n} jumps {ticks} ticks"));
                 }
@@ -206,9 +233,9 @@ impl Nemesis {
     }
 
     /// The leader half the time (the most interesting target), else anyone in `states`.
-    fn pick_target(&self, sim: &mut Sim, states: &[Status]) -> Option<NodeId> {
+    fn pick_target(&self, sim: &mut impl FaultTarget, states: &[Status]) -> Option<NodeId> {
         if let Some(leader) = sim.leader() {
-            if sim.rng.gen_bool(0.5) && states.contains(&sim.status(leader)) {
+            if sim.rng().gen_bool(0.5) && states.contains(&sim.status(leader)) {
                 return Some(leader);
             }
         }
@@ -217,24 +244,24 @@ impl Nemesis {
             .into_iter()
             .filter(|&n| states.contains(&sim.status(n)))
             .collect();
-        candidates.choose(&mut sim.rng).copied()
+        candidates.choose(sim.rng()).copied()
     }
 
     /// How many more servers may be destroyed, counting a pending
     /// destroy-on-acknowledgement.
-    fn destroy_room(&self, sim: &Sim) -> usize {
+    fn destroy_room(&self, sim: &impl FaultTarget) -> usize {
         let planned = Nemesis::destroyed(sim) + self.destroy_on_ack.unwrap_or(0);
         self.cfg.destroy_max.saturating_sub(planned)
     }
 
     /// Destroys `count` servers at the same instant (the leader among them
     /// half the time), never more than `destroy_max` in all.
-    pub fn destroy_now(&mut self, sim: &mut Sim, count: usize) {
+    pub fn destroy_now(&mut self, sim: &mut impl FaultTarget, count: usize) {
         let count = count.min(self.cfg.destroy_max.saturating_sub(Nemesis::destroyed(sim)));
         let mut alive = sim.alive();
-        alive.shuffle(&mut sim.rng);
+        alive.shuffle(sim.rng());
         if let Some(leader) = sim.leader() {
-            if sim.rng.gen_bool(0.5) {
+            if sim.rng().gen_bool(0.5) {
                 alive.retain(|&n| n != leader);
                 alive.insert(0, leader);
             }
@@ -246,29 +273,29 @@ impl Nemesis {
         self.note(sim, format!("destroy {victims:?}"));
     }
 
-    fn randomize_links(&mut self, sim: &mut Sim) {
+    fn randomize_links(&mut self, sim: &mut impl FaultTarget) {
         let ids = sim.ids();
         let mut changed = 0;
         for &a in &ids {
             for &b in &ids {
-                if a == b || !sim.rng.gen_bool(0.3) {
+                if a == b || !sim.rng().gen_bool(0.3) {
                     continue;
                 }
                 changed += 1;
-                let loss = sim.rng.gen_range(0.0..=self.cfg.loss_max);
-                let duplicate = if sim.rng.gen_bool(0.3) {
-                    sim.rng.gen_range(0.0..=self.cfg.duplicate_max)
+                let loss = sim.rng().gen_range(0.0..=self.cfg.loss_max);
+                let duplicate = if sim.rng().gen_bool(0.3) {
+                    sim.rng().gen_range(0.0..=self.cfg.duplicate_max)
                 } else {
                     0.0
                 };
-                let delay_us_max = if sim.rng.gen_bool(0.3) {
-                    sim.rng.gen_range(
+                let delay_us_max = if sim.rng().gen_bool(0.3) {
+                    sim.rng().gen_range(
                         Link::DELAY_US_MAX..=self.cfg.delay_us_max.max(Link::DELAY_US_MAX),
                     )
                 } else {
                     Link::DELAY_US_MAX
                 };
-                let link = sim.net.link_mut(a, b);
+                let link = sim.net().link_mut(a, b);
                 link.loss = loss;
                 link.duplicate = duplicate;
                 link.delay_us_max = delay_us_max;
@@ -280,30 +307,30 @@ impl Nemesis {
         );
     }
 
-    fn partition(&mut self, sim: &mut Sim) {
+    fn partition(&mut self, sim: &mut impl FaultTarget) {
         let mut ids = sim.ids();
-        ids.shuffle(&mut sim.rng);
+        ids.shuffle(sim.rng());
         let leader = sim.leader();
-        let pattern = sim.rng.gen_range(0..10u32);
+        let pattern = sim.rng().gen_range(0..10u32);
         let what = match pattern {
             0 => {
-                let k = sim.rng.gen_range(1..=ids.len() / 2);
+                let k = sim.rng().gen_range(1..=ids.len() / 2);
                 let (minority, majority) = ids.split_at(k);
-                sim.net.partition(&[minority.to_vec(), majority.to_vec()]);
+                sim.net().partition(&[minority.to_vec(), majority.to_vec()]);
                 format!("partition {minority:?} | {majority:?}")
             }
             1 => {
                 let (a, b) = (ids[0], ids[1]);
-                sim.net.link_mut(a, b).blocked = true;
+                sim.net().link_mut(a, b).blocked = true;
                 format!("one-way: {a} -> {b} blocked")
             }
             2 => {
                 // Majorities ring: each server reaches only its two ring
                 // neighbours; every server sees a majority, none sees all.
-                sim.net.partition(&[]);
+                sim.net().partition(&[]);
                 let n = ids.len();
                 for i in 0..n {
-                    sim.net.set_blocked_both(ids[i], ids[(i + 1) % n], false);
+                    sim.net().set_blocked_both(ids[i], ids[(i + 1) % n], false);
                 }
                 format!("majorities ring {ids:?}")
             }
@@ -314,11 +341,11 @@ impl Nemesis {
                 l.push(bridge);
                 let mut r = right.clone();
                 r.push(bridge);
-                sim.net.partition(&[l]);
+                sim.net().partition(&[l]);
                 for &a in &r {
                     for &b in &r {
                         if a != b {
-                            sim.net.link_mut(a, b).blocked = false;
+                            sim.net().link_mut(a, b).blocked = false;
                         }
                     }
                 }
@@ -327,25 +354,25 @@ impl Nemesis {
             4 => {
                 let n = leader.unwrap_or(ids[0]);
                 let rest: Vec<NodeId> = ids.iter().copied().filter(|&x| x != n).collect();
-                sim.net.partition(&[vec![n], rest]);
+                sim.net().partition(&[vec![n], rest]);
                 format!("isolate {n}")
             }
             5 => {
                 let n = ids[0];
                 let peer = ids[1];
                 let rest: Vec<NodeId> = ids.iter().copied().filter(|&x| x != n).collect();
-                sim.net.partition(&[rest]);
-                sim.net.set_blocked_both(n, peer, false);
+                sim.net().partition(&[rest]);
+                sim.net().set_blocked_both(n, peer, false);
                 format!("{n} reaches only {peer}")
             }
             6 => {
                 let n = leader.unwrap_or(ids[0]);
-                let send_only = sim.rng.gen_bool(0.5);
+                let send_only = sim.rng().gen_bool(0.5);
                 for &p in ids.iter().filter(|&&p| p != n) {
                     if send_only {
-                        sim.net.link_mut(p, n).blocked = true;
+                        sim.net().link_mut(p, n).blocked = true;
                     } else {
-                        sim.net.link_mut(n, p).blocked = true;
+                        sim.net().link_mut(n, p).blocked = true;
                     }
                 }
                 if send_only {
@@ -365,14 +392,14 @@ impl Nemesis {
                     MessageKind::VoteResponse,
                     MessageKind::PreVoteResponse,
                 ];
-                let kind = *kinds.choose(&mut sim.rng).expect("kinds");
+                let kind = *kinds.choose(sim.rng()).expect("kinds");
                 let (a, b) = (leader.unwrap_or(ids[0]), ids[1]);
                 let (a, b) = if a == b {
                     (ids[0], ids[2 % ids.len()])
                 } else {
                     (a, b)
                 };
-                sim.net
+                sim.net()
                     .link_mut(a, b)
                     .drop_kinds
                     .push(PacketKind::Raft(kind));
@@ -381,9 +408,9 @@ impl Nemesis {
             8 if ids.len() >= 5 => {
                 // A 1-2-3 clique; 4 reaches only 2; 5 reaches only 3.
                 let (c, d, e) = ([ids[0], ids[1], ids[2]], ids[3], ids[4]);
-                sim.net.partition(&[c.to_vec()]);
-                sim.net.set_blocked_both(d, c[1], false);
-                sim.net.set_blocked_both(e, c[2], false);
+                sim.net().partition(&[c.to_vec()]);
+                sim.net().set_blocked_both(d, c[1], false);
+                sim.net().set_blocked_both(e, c[2], false);
                 format!(
                     "clique {c:?}, {d} reaches only {}, {e} reaches only {}",
                     c[1], c[2]
@@ -391,8 +418,8 @@ impl Nemesis {
             }
             _ => {
                 let (from, to) = (ids[0], ids[1]);
-                let period_us = sim.rng.gen_range(5_000..200_000);
-                let toggles_left = sim.rng.gen_range(4..40);
+                let period_us = sim.rng().gen_range(5_000..200_000);
+                let toggles_left = sim.rng().gen_range(4..40);
                 self.flaps.push(Flap {
                     from,
                     to,
@@ -406,15 +433,15 @@ impl Nemesis {
     }
 
     /// Toggles every flapping link once; returns the delay to the next toggle.
-    pub fn flap(&mut self, sim: &mut Sim) -> Option<u64> {
+    pub fn flap(&mut self, sim: &mut impl FaultTarget) -> Option<u64> {
         let mut next = None;
         for flap in &mut self.flaps {
             if flap.toggles_left == 0 {
                 continue;
             }
             flap.toggles_left -= 1;
-            let blocked = !sim.net.link(flap.from, flap.to).blocked;
-            sim.net.set_blocked_both(flap.from, flap.to, blocked);
+            let blocked = !sim.net_ref().link(flap.from, flap.to).blocked;
+            sim.net().set_blocked_both(flap.from, flap.to, blocked);
             next = Some(next.map_or(flap.period_us, |n: u64| n.min(flap.period_us)));
         }
         self.flaps.retain(|f| f.toggles_left > 0);
