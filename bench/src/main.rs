@@ -4,6 +4,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod accounts;
 mod delta;
 mod log;
 
@@ -26,6 +27,9 @@ enum Command {
     /// The durable log (ringlog): append latency and throughput against the
     /// disk's own sync-write baselines.
     Log(log::LogArgs),
+    /// Example application: per-command latency of bunker-accounts in exec
+    /// and serve modes, against the same commands in process.
+    Accounts(accounts::AccountsArgs),
 }
 
 fn main() {
@@ -41,6 +45,12 @@ fn main() {
         Command::Log(args) => {
             if let Err(e) = log::run(args) {
                 eprintln!("bunker-bench log: {e}");
+                std::process::exit(1);
+            }
+        }
+        Command::Accounts(args) => {
+            if let Err(err) = accounts::run(args) {
+                eprintln!("bunker-bench accounts: {err}");
                 std::process::exit(1);
             }
         }
