@@ -219,7 +219,12 @@ fn main() {
         }
     });
     let reports = reports.into_inner().unwrap_or_else(|e| e.into_inner());
-    summarize(&cli, &reports, started.elapsed().as_secs_f64(), cfg.timing.tick_us);
+    summarize(
+        &cli,
+        &reports,
+        started.elapsed().as_secs_f64(),
+        cfg.timing.tick_us,
+    );
     if reports.iter().any(|r| !r.violations.is_empty()) {
         std::process::exit(1);
     }

@@ -113,7 +113,8 @@ pub enum ExecOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerMessage {
     Raft(Message),
-    /// One chunk of snapshot `snapshot`, sent by the leader of `term`.
+    /// One chunk of snapshot transfer `snapshot` (unique per transfer),
+    /// sent by the leader of `term`.
     SnapshotChunk {
         from: NodeId,
         to: NodeId,
@@ -254,6 +255,9 @@ struct Executing {
 
 struct Outgoing {
     peer: NodeId,
+    /// Unique per transfer (the engine's snapshot id names a state and
+    /// repeats when the state does).
+    transfer: u64,
     source: SnapshotSource,
     term: Term,
     acked: u64,
@@ -267,6 +271,9 @@ struct Incoming {
     from: NodeId,
     snapshot: u64,
     install: SnapshotInstall,
+    /// Chunks that arrived ahead of the next one (the network reorders),
+    /// at most `snapshot_chunks_in_flight` of them.
+    ahead: BTreeMap<u64, Bytes>,
 }
 
 /// One server's replica. See the module documentation.
@@ -288,6 +295,7 @@ pub struct Replica<L: LogStore, T: FileTree> {
     diverged: Option<Index>,
     ticks_since_request: u32,
     outgoing: Option<Outgoing>,
+    next_transfer: u64,
     snapshot_queue: VecDeque<NodeId>,
     incoming: Option<Incoming>,
     effects: VecDeque<Effect>,
@@ -332,6 +340,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             diverged: None,
             ticks_since_request: 0,
             outgoing: None,
+            next_transfer: seed << 20,
             snapshot_queue: VecDeque::new(),
             incoming: None,
             effects: VecDeque::new(),
@@ -384,6 +393,21 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
     pub fn executing(&self) -> bool {
         self.executing.is_some()
     }
+    /// Snapshot transfers in progress, for traces and status pages.
+    pub fn snapshot_status(&self) -> String {
+        let out = self.outgoing.as_ref().map(|o| {
+            format!(
+                "to {} acked {} sent {} end {:?} stalls {}",
+                o.peer, o.acked, o.sent, o.end_seq, o.stalls
+            )
+        });
+        let inc = self
+            .incoming
+            .as_ref()
+            .map(|i| format!("from {} next {}", i.from, i.install.next_seq()));
+        format!("out {out:?} queue {:?} in {inc:?}", self.snapshot_queue)
+    }
+
     pub fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
     }
@@ -1142,8 +1166,10 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             }
             Err(e) => return Err(e.into()),
         };
+        self.next_transfer = self.next_transfer.wrapping_add(1);
         self.outgoing = Some(Outgoing {
             peer: to,
+            transfer: self.next_transfer,
             source,
             term: self.raft.term(),
             acked: 0,
@@ -1173,7 +1199,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
                 from: self.id,
                 to: out.peer,
                 term: out.term,
-                snapshot: out.source.id(),
+                snapshot: out.transfer,
                 seq: out.sent,
                 data: Bytes::from(chunk),
             };
@@ -1191,20 +1217,24 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         let Some(out) = self.outgoing.as_mut() else {
             return Ok(());
         };
-        if out.peer != from || out.source.id() != snapshot {
+        if out.peer != from || out.transfer != snapshot {
+            return Ok(());
+        }
+        if next_seq == 0 && out.acked > 0 {
+            // The receiver starts over: so do we.
+            self.engine.snapshot_rewind(&mut out.source, 0)?;
+            out.sent = 0;
+            out.acked = 0;
+            out.end_seq = None;
+            out.stall_ticks = 0;
+            return self.send_chunks();
+        }
+        if next_seq <= out.acked || next_seq > out.sent {
+            // A late, duplicated or reordered acknowledgement: chunks lost
+            // in between are resent when the transfer stalls.
             return Ok(());
         }
         out.stall_ticks = 0;
-        if next_seq < out.acked || next_seq > out.sent {
-            // The receiver starts over (or asks for something odd): resume
-            // from what it asks for.
-            self.engine
-                .snapshot_rewind(&mut out.source, next_seq.min(out.sent))?;
-            out.sent = next_seq.min(out.sent);
-            out.acked = out.sent;
-            out.end_seq = None;
-            return self.send_chunks();
-        }
         out.acked = next_seq;
         if out.end_seq.is_some_and(|end| out.acked > end) {
             let out = self.outgoing.take().expect("outgoing");
@@ -1264,33 +1294,56 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             if seq != 0 {
                 return self.ack_snapshot(from, snapshot, 0);
             }
-            let install = self.engine.install_begin(snapshot)?;
+            // `snapshot` names the transfer; the engine's own snapshot id
+            // is in the chunk's header.
+            let Ok((_, engine_id, _, _)) = crate::delta::snapshot::parse_chunk(&data) else {
+                return self.ack_snapshot(from, snapshot, 0);
+            };
+            let install = match self.engine.install_begin(engine_id) {
+                Ok(install) => install,
+                Err(EngineError::Storage(e)) => return Err(EngineError::Storage(e).into()),
+                Err(_) => return Ok(()),
+            };
             self.incoming = Some(Incoming {
                 from,
                 snapshot,
                 install,
+                ahead: BTreeMap::new(),
             });
         }
+        let window = self.cfg.snapshot_chunks_in_flight;
         let incoming = self.incoming.as_mut().expect("incoming");
-        if seq != incoming.install.next_seq() {
-            let next = incoming.install.next_seq();
+        let next = incoming.install.next_seq();
+        if seq != next {
+            if seq > next && seq < next + window {
+                incoming.ahead.insert(seq, data);
+            }
             return self.ack_snapshot(from, snapshot, next);
         }
-        match self.engine.install_chunk(&mut incoming.install, &data) {
-            Ok(InstallProgress::NeedMore { next_seq }) => {
-                self.ack_snapshot(from, snapshot, next_seq)
-            }
-            Ok(InstallProgress::Installed { index, term, .. }) => {
-                let next = incoming.install.next_seq();
-                self.incoming = None;
-                self.installed(LogId::new(index, term))?;
-                self.ack_snapshot(from, snapshot, next)
-            }
-            Err(EngineError::Storage(e)) => Err(EngineError::Storage(e).into()),
-            Err(_) => {
-                // A bad chunk or a stale snapshot: start over.
-                self.incoming = None;
-                self.ack_snapshot(from, snapshot, 0)
+        let mut chunk = data;
+        loop {
+            let incoming = self.incoming.as_mut().expect("incoming");
+            match self.engine.install_chunk(&mut incoming.install, &chunk) {
+                Ok(InstallProgress::NeedMore { next_seq }) => {
+                    let incoming = self.incoming.as_mut().expect("incoming");
+                    incoming.ahead.retain(|&s, _| s >= next_seq);
+                    match incoming.ahead.remove(&next_seq) {
+                        Some(more) => chunk = more,
+                        None => return self.ack_snapshot(from, snapshot, next_seq),
+                    }
+                }
+                Ok(InstallProgress::Installed { index, term, .. }) => {
+                    let next = incoming.install.next_seq();
+                    self.incoming = None;
+                    self.installed(LogId::new(index, term))?;
+                    return self.ack_snapshot(from, snapshot, next);
+                }
+                Err(EngineError::Storage(e)) => return Err(EngineError::Storage(e).into()),
+                Err(_) => {
+                    // A bad chunk or a stale snapshot: start over.
+                    self.incoming = None;
+                    return self.ack_snapshot(from, snapshot, 0);
+                }
             }
         }
     }

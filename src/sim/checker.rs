@@ -154,17 +154,37 @@ impl Checker {
     /// reaching `state_hash`.
     pub fn applied(&mut self, node: NodeId, node_term: Term, entry: &Entry, state_hash: u64) {
         let digest = entry_digest(entry);
-        self.applied_entry(node, node_term, entry.id(), Some(digest), Some(state_hash as u128));
+        self.applied_entry(
+            node,
+            node_term,
+            entry.id(),
+            Some(digest),
+            Some(state_hash as u128),
+        );
     }
 
     /// State machine safety by position: `node` applied the entry at
     /// `index` of `term` (log matching makes the position name its
     /// content), reaching `state_hash` if the entry changed the state.
-    pub fn applied_position(&mut self, node: NodeId, node_term: Term, index: Index, term: Term, state_hash: Option<u128>) {
+    pub fn applied_position(
+        &mut self,
+        node: NodeId,
+        node_term: Term,
+        index: Index,
+        term: Term,
+        state_hash: Option<u128>,
+    ) {
         self.applied_entry(node, node_term, LogId::new(index, term), None, state_hash);
     }
 
-    fn applied_entry(&mut self, node: NodeId, node_term: Term, at: LogId, digest: Option<u64>, state_hash: Option<u128>) {
+    fn applied_entry(
+        &mut self,
+        node: NodeId,
+        node_term: Term,
+        at: LogId,
+        digest: Option<u64>,
+        state_hash: Option<u128>,
+    ) {
         let len = self.committed_len();
         if at.index == len + 1 {
             self.committed.push(Committed {
@@ -179,7 +199,12 @@ impl Checker {
             // A server that installed a snapshot applies entries past what
             // anyone applied one by one: record the gap as unknown.
             while self.committed_len() + 1 < at.index {
-                self.committed.push(Committed { term: 0, digest: 0, state_hash: None, commit_term: Term::MAX });
+                self.committed.push(Committed {
+                    term: 0,
+                    digest: 0,
+                    state_hash: None,
+                    commit_term: Term::MAX,
+                });
             }
             self.committed.push(Committed {
                 term: at.term,
@@ -192,7 +217,12 @@ impl Checker {
         let c = &mut self.committed[(at.index - 1) as usize];
         if c.term == 0 && c.commit_term == Term::MAX {
             // Filling a gap left by a snapshot.
-            *c = Committed { term: at.term, digest: digest.unwrap_or(0), state_hash, commit_term: node_term };
+            *c = Committed {
+                term: at.term,
+                digest: digest.unwrap_or(0),
+                state_hash,
+                commit_term: node_term,
+            };
             return;
         }
         c.commit_term = c.commit_term.min(node_term);

@@ -26,7 +26,10 @@ use std::collections::BTreeMap;
 /// How an operation ended, as its client saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Ok { status: u8, response: Vec<u8> },
+    Ok {
+        status: u8,
+        response: Vec<u8>,
+    },
     /// The application failed; nothing was kept.
     Failed,
 }
@@ -81,7 +84,12 @@ impl Model {
     /// Every value `series` takes at some index in `[lo, hi]`.
     fn values_between(series: &[(Index, u64)], lo: Index, hi: Index) -> Vec<u64> {
         let mut values = vec![Model::value_at(series, lo)];
-        values.extend(series.iter().filter(|(i, _)| *i > lo && *i <= hi).map(|(_, v)| *v));
+        values.extend(
+            series
+                .iter()
+                .filter(|(i, _)| *i > lo && *i <= hi)
+                .map(|(_, v)| *v),
+        );
         values
     }
 }
@@ -145,7 +153,12 @@ impl History {
             index_of.insert((c.client, c.seq), c.index);
             let text = String::from_utf8_lossy(&c.response).to_string();
             let words: Vec<&str> = text.split_whitespace().collect();
-            let num = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok()).unwrap_or(u64::MAX);
+            let num = |i: usize| {
+                words
+                    .get(i)
+                    .and_then(|w| w.parse::<u64>().ok())
+                    .unwrap_or(u64::MAX)
+            };
             let set = |account: u64, value: u64, model: &mut Model, balance: &mut [u64]| {
                 balance[account as usize] = value;
                 model.balances[account as usize].push((c.index, value));
@@ -191,7 +204,10 @@ impl History {
                     set(0, house, &mut model, &mut balance);
                 }
                 Some("L") => {}
-                _ => violations.push(format!("entry {} carries an unexpected response {text:?}", c.index)),
+                _ => violations.push(format!(
+                    "entry {} carries an unexpected response {text:?}",
+                    c.index
+                )),
             }
             if balance.iter().sum::<u64>() != total {
                 violations.push(format!(
@@ -206,7 +222,11 @@ impl History {
     }
 
     /// I1: every answered state change is committed with the same response.
-    fn check_acknowledged(&self, by_request: &BTreeMap<(ClientId, u64), Vec<Index>>, violations: &mut Vec<String>) {
+    fn check_acknowledged(
+        &self,
+        by_request: &BTreeMap<(ClientId, u64), Vec<Index>>,
+        violations: &mut Vec<String>,
+    ) {
         for op in &self.operations {
             let Some(Outcome::Ok { status, response }) = &op.outcome else {
                 continue;
@@ -240,7 +260,12 @@ impl History {
     }
 
     /// I5 and linearizability: reads see a committed state of their window.
-    fn check_reads(&self, model: &Model, index_of: &BTreeMap<(ClientId, u64), Index>, violations: &mut Vec<String>) {
+    fn check_reads(
+        &self,
+        model: &Model,
+        index_of: &BTreeMap<(ClientId, u64), Index>,
+        violations: &mut Vec<String>,
+    ) {
         // The commit index of every acknowledged write, by completion time.
         let mut acked: Vec<(u64, Index)> = self
             .operations
@@ -264,12 +289,17 @@ impl History {
             let text = String::from_utf8_lossy(response).to_string();
             let words: Vec<&str> = text.split_whitespace().collect();
             let num = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
-            let (series, seen): (&[(Index, u64)], Option<u64>) = match (words.first().copied(), &op.command) {
-                (Some("B"), LedgerCommand::Balance { account }) => (&model.balances[*account as usize], num(2)),
-                (Some("X!"), LedgerCommand::Transfer { from, .. }) => (&model.balances[*from as usize], num(2)),
-                (Some("S"), LedgerCommand::Sum) => (&model.totals, num(1)),
-                _ => continue,
-            };
+            let (series, seen): (&[(Index, u64)], Option<u64>) =
+                match (words.first().copied(), &op.command) {
+                    (Some("B"), LedgerCommand::Balance { account }) => {
+                        (&model.balances[*account as usize], num(2))
+                    }
+                    (Some("X!"), LedgerCommand::Transfer { from, .. }) => {
+                        (&model.balances[*from as usize], num(2))
+                    }
+                    (Some("S"), LedgerCommand::Sum) => (&model.totals, num(1)),
+                    _ => continue,
+                };
             let Some(seen) = seen else {
                 violations.push(format!("read answer {text:?} does not parse"));
                 continue;

@@ -30,19 +30,32 @@ pub const ACCOUNTS: u64 = 6;
 /// A command of the ledger.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LedgerCommand {
-    Deposit { account: u64, amount: u64 },
-    Transfer { from: u64, to: u64, amount: u64 },
-    Balance { account: u64 },
+    Deposit {
+        account: u64,
+        amount: u64,
+    },
+    Transfer {
+        from: u64,
+        to: u64,
+        amount: u64,
+    },
+    Balance {
+        account: u64,
+    },
     Sum,
     /// Writes a blob of `kib` KiB (a delta larger than one entry).
-    Large { kib: u64 },
+    Large {
+        kib: u64,
+    },
 }
 
 impl LedgerCommand {
     pub fn encode(&self) -> Bytes {
         let text = match self {
             LedgerCommand::Deposit { account, amount } => format!("deposit {account} {amount}"),
-            LedgerCommand::Transfer { from, to, amount } => format!("transfer {from} {to} {amount}"),
+            LedgerCommand::Transfer { from, to, amount } => {
+                format!("transfer {from} {to} {amount}")
+            }
             LedgerCommand::Balance { account } => format!("balance {account}"),
             LedgerCommand::Sum => "sum".to_string(),
             LedgerCommand::Large { kib } => format!("large {kib}"),
@@ -83,7 +96,9 @@ impl LedgerCommand {
     pub fn writes(&self) -> bool {
         matches!(
             self,
-            LedgerCommand::Deposit { .. } | LedgerCommand::Transfer { .. } | LedgerCommand::Large { .. }
+            LedgerCommand::Deposit { .. }
+                | LedgerCommand::Transfer { .. }
+                | LedgerCommand::Large { .. }
         )
     }
 }
@@ -113,7 +128,12 @@ fn read_balance<T: FileTree>(tree: &mut T, root: &str, account: u64) -> Result<u
     })
 }
 
-fn write_balance<T: FileTree>(tree: &mut T, root: &str, account: u64, balance: u64) -> Result<(), TreeError> {
+fn write_balance<T: FileTree>(
+    tree: &mut T,
+    root: &str,
+    account: u64,
+    balance: u64,
+) -> Result<(), TreeError> {
     tree.mkdir(&format!("{root}/acct"), 0o755)?;
     let path = account_path(root, account);
     let text = format!("{balance}\n");
@@ -121,7 +141,12 @@ fn write_balance<T: FileTree>(tree: &mut T, root: &str, account: u64, balance: u
     tree.write_at(&path, 0, text.as_bytes())
 }
 
-fn append_journal<T: FileTree>(tree: &mut T, root: &str, which: u64, line: &str) -> Result<(), TreeError> {
+fn append_journal<T: FileTree>(
+    tree: &mut T,
+    root: &str,
+    which: u64,
+    line: &str,
+) -> Result<(), TreeError> {
     tree.mkdir(&format!("{root}/journal"), 0o755)?;
     let path = format!("{root}/journal/{}.log", which % 2);
     let size = match tree.stat(&path)? {
@@ -190,7 +215,11 @@ fn run<T: FileTree>(
         LedgerCommand::Deposit { account, amount } => {
             let txid: u64 = rng.gen();
             // The house pays no fee to itself.
-            let fee = if account == 0 { 0 } else { fee(now_us, rng, amount) };
+            let fee = if account == 0 {
+                0
+            } else {
+                fee(now_us, rng, amount)
+            };
             let before = read_balance(tree, root, account)?;
             let after = before.saturating_add(amount - fee);
             write_balance(tree, root, account, after)?;
@@ -201,8 +230,16 @@ fn run<T: FileTree>(
                 let house = read_balance(tree, root, 0)?;
                 write_balance(tree, root, 0, house.saturating_add(fee))?;
             }
-            append_journal(tree, root, txid, &format!("{txid:016x} deposit {account} {amount} {fee} {now_us}\n"))?;
-            done(0, format!("D {account} {amount} {fee} {before} {after} {txid:016x}"))
+            append_journal(
+                tree,
+                root,
+                txid,
+                &format!("{txid:016x} deposit {account} {amount} {fee} {now_us}\n"),
+            )?;
+            done(
+                0,
+                format!("D {account} {amount} {fee} {before} {after} {txid:016x}"),
+            )
         }
         LedgerCommand::Transfer { from, to, amount } => {
             let a_before = read_balance(tree, root, from)?;
@@ -223,7 +260,12 @@ fn run<T: FileTree>(
                 let house = read_balance(tree, root, 0)?;
                 write_balance(tree, root, 0, house.saturating_add(fee))?;
             }
-            append_journal(tree, root, txid, &format!("{txid:016x} transfer {from} {to} {amount} {fee} {now_us}\n"))?;
+            append_journal(
+                tree,
+                root,
+                txid,
+                &format!("{txid:016x} transfer {from} {to} {amount} {fee} {now_us}\n"),
+            )?;
             done(
                 0,
                 format!("X {from} {to} {amount} {fee} {a_before} {a_after} {b_before} {b_after} {txid:016x}"),
@@ -265,8 +307,15 @@ mod tests {
     #[test]
     fn commands_round_trip_and_bad_ones_are_refused() {
         let all = [
-            LedgerCommand::Deposit { account: 1, amount: 50 },
-            LedgerCommand::Transfer { from: 1, to: 2, amount: 5 },
+            LedgerCommand::Deposit {
+                account: 1,
+                amount: 50,
+            },
+            LedgerCommand::Transfer {
+                from: 1,
+                to: 2,
+                amount: 5,
+            },
             LedgerCommand::Balance { account: 3 },
             LedgerCommand::Sum,
             LedgerCommand::Large { kib: 40 },
@@ -274,7 +323,14 @@ mod tests {
         for c in all {
             assert_eq!(LedgerCommand::decode(&c.encode()), Some(c));
         }
-        for bad in ["", "deposit 9 1", "transfer 1 1 5", "large 99999", "sum 1", "\u{0}"] {
+        for bad in [
+            "",
+            "deposit 9 1",
+            "transfer 1 1 5",
+            "large 99999",
+            "sum 1",
+            "\u{0}",
+        ] {
             assert_eq!(LedgerCommand::decode(bad.as_bytes()), None, "{bad:?}");
         }
     }
@@ -287,9 +343,25 @@ mod tests {
         let run = |tree: &mut MemTree, rng: &mut rand_chacha::ChaCha8Rng, c: LedgerCommand| {
             execute(tree, "live", &c.encode(), 7_000_000, rng, Fate::Normal)
         };
-        run(&mut tree, &mut rng, LedgerCommand::Deposit { account: 1, amount: 100 });
-        run(&mut tree, &mut rng, LedgerCommand::Transfer { from: 1, to: 2, amount: 30 });
-        let ExecOutcome::Done { response, .. } = run(&mut tree, &mut rng, LedgerCommand::Sum) else {
+        run(
+            &mut tree,
+            &mut rng,
+            LedgerCommand::Deposit {
+                account: 1,
+                amount: 100,
+            },
+        );
+        run(
+            &mut tree,
+            &mut rng,
+            LedgerCommand::Transfer {
+                from: 1,
+                to: 2,
+                amount: 30,
+            },
+        );
+        let ExecOutcome::Done { response, .. } = run(&mut tree, &mut rng, LedgerCommand::Sum)
+        else {
             panic!("sum answers");
         };
         assert_eq!(&response[..], b"S 100");

@@ -162,7 +162,13 @@ impl Network {
     }
 
     /// `route` for anything with a source, a destination and a kind.
-    pub fn route_parts(&mut self, from: NodeId, to: NodeId, kind: PacketKind, rng: &mut impl Rng) -> Vec<u64> {
+    pub fn route_parts(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        kind: PacketKind,
+        rng: &mut impl Rng,
+    ) -> Vec<u64> {
         self.sent += 1;
         let link = self.link(from, to).clone();
         if link.blocked

@@ -158,7 +158,13 @@ impl Driver {
 }
 
 fn run_inner(seed: u64, cfg: &ReplicaRunConfig) -> ReplicaRunReport {
-    let mut sim = ReplicaSim::new(seed, cfg.nodes, cfg.opts.clone(), cfg.timing.clone(), cfg.workload.clone());
+    let mut sim = ReplicaSim::new(
+        seed,
+        cfg.nodes,
+        cfg.opts.clone(),
+        cfg.timing.clone(),
+        cfg.workload.clone(),
+    );
     sim.set_timer(1, TIMER_NEMESIS);
     sim.start_clients();
     let mut d = Driver {
@@ -189,14 +195,17 @@ fn run_inner(seed: u64, cfg: &ReplicaRunConfig) -> ReplicaRunReport {
             }
         }
     }
-    d.nemesis
-        .log
-        .push(format!("{:>10}us liveness phase: core {core:?}", d.sim.now_us));
+    d.nemesis.log.push(format!(
+        "{:>10}us liveness phase: core {core:?}",
+        d.sim.now_us
+    ));
     d.sim.client_targets = core.clone();
     let heal_us = d.sim.now_us;
     let answered_write_after_heal = move |sim: &ReplicaSim| {
         sim.history.operations.iter().any(|op| {
-            op.invoked_us >= heal_us && op.command.writes() && matches!(op.outcome, Some(Outcome::Ok { status: 0, .. }))
+            op.invoked_us >= heal_us
+                && op.command.writes()
+                && matches!(op.outcome, Some(Outcome::Ok { status: 0, .. }))
         })
     };
     let deadline = heal_us + cfg.liveness_us_max;
@@ -206,7 +215,9 @@ fn run_inner(seed: u64, cfg: &ReplicaRunConfig) -> ReplicaRunReport {
         live = d.run(step_end, answered_write_after_heal);
         if cfg.trace {
             let state = d.sim.describe();
-            d.nemesis.log.push(format!("{:>10}us {state}", d.sim.now_us));
+            d.nemesis
+                .log
+                .push(format!("{:>10}us {state}", d.sim.now_us));
         }
     }
     let recovery_us = if live {
@@ -239,20 +250,38 @@ fn run_inner(seed: u64, cfg: &ReplicaRunConfig) -> ReplicaRunReport {
         }
     }
     let deadline = d.sim.now_us + cfg.convergence_us_max / 2;
-    d.run(deadline, |sim| sim.clients.iter().all(|c| c.current.is_none()));
+    d.run(deadline, |sim| {
+        sim.clients.iter().all(|c| c.current.is_none())
+    });
     d.sim.clients_on = false;
     let deadline = d.sim.now_us + cfg.convergence_us_max / 2;
-    let converged = d.run(deadline, |sim| {
+    let caught_up = |sim: &ReplicaSim| {
         let alive = sim.alive();
         let target = sim.history.commit_index;
         let first = sim.applied(alive[0]);
         first.is_some_and(|f| f >= target) && alive.iter().all(|&n| sim.applied(n) == first)
-    });
+    };
+    let mut converged = false;
+    while d.sim.now_us < deadline && !converged {
+        let step_end = (d.sim.now_us + 100 * cfg.timing.tick_us).min(deadline);
+        converged = d.run(step_end, caught_up);
+        if cfg.trace {
+            let state = d.sim.describe();
+            d.nemesis
+                .log
+                .push(format!("{:>10}us converging {state}", d.sim.now_us));
+        }
+    }
     if !converged {
-        let applied: Vec<_> = d.sim.alive().iter().map(|&n| (n, d.sim.applied(n))).collect();
-        d.sim
-            .checker
-            .fail(format!("convergence: survivors did not catch up: {applied:?}"));
+        let applied: Vec<_> = d
+            .sim
+            .alive()
+            .iter()
+            .map(|&n| (n, d.sim.applied(n)))
+            .collect();
+        d.sim.checker.fail(format!(
+            "convergence: survivors did not catch up: {applied:?}"
+        ));
     }
     d.sim.check_trees_identical();
     for v in d.sim.history.check() {
@@ -267,7 +296,11 @@ fn run_inner(seed: u64, cfg: &ReplicaRunConfig) -> ReplicaRunReport {
         core,
         sim_us: d.sim.now_us,
         answered_per_s,
-        trace: if cfg.trace { d.nemesis.log.clone() } else { Vec::new() },
+        trace: if cfg.trace {
+            d.nemesis.log.clone()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -276,7 +309,10 @@ fn pick_core(sim: &mut ReplicaSim) -> Vec<NodeId> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(sim.rng.gen());
     alive.shuffle(&mut rng);
     let quorum = sim.ids().len() / 2 + 1;
-    assert!(alive.len() >= quorum, "the nemesis destroys at most a minority");
+    assert!(
+        alive.len() >= quorum,
+        "the nemesis destroys at most a minority"
+    );
     let size = rng.gen_range(quorum..=alive.len());
     let mut core: Vec<NodeId> = alive.into_iter().take(size).collect();
     core.sort_unstable();

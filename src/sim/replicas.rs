@@ -55,13 +55,38 @@ pub struct RNode {
 #[derive(Debug)]
 enum Event {
     Deliver(PeerMessage),
-    Tick { node: NodeId, incarnation: u64 },
-    SyncDone { node: NodeId, incarnation: u64 },
-    Restart { node: NodeId, incarnation: u64 },
-    Resume { node: NodeId, incarnation: u64 },
-    ExecDone { node: NodeId, incarnation: u64, id: u64, outcome: ExecOutcome },
-    Request { node: NodeId, request: Request },
-    Reply { client: usize, seq: u64, reply: Reply, commit: u64 },
+    Tick {
+        node: NodeId,
+        incarnation: u64,
+    },
+    SyncDone {
+        node: NodeId,
+        incarnation: u64,
+    },
+    Restart {
+        node: NodeId,
+        incarnation: u64,
+    },
+    Resume {
+        node: NodeId,
+        incarnation: u64,
+    },
+    ExecDone {
+        node: NodeId,
+        incarnation: u64,
+        id: u64,
+        outcome: ExecOutcome,
+    },
+    Request {
+        node: NodeId,
+        request: Request,
+    },
+    Reply {
+        client: usize,
+        seq: u64,
+        reply: Reply,
+        commit: u64,
+    },
     Timer(u64),
 }
 
@@ -169,7 +194,13 @@ pub struct ReplicaSim {
 const TIMER_CLIENT_BASE: u64 = 1_000;
 
 impl ReplicaSim {
-    pub fn new(seed: u64, nodes: usize, opts: Options, timing: Timing, workload: Workload) -> ReplicaSim {
+    pub fn new(
+        seed: u64,
+        nodes: usize,
+        opts: Options,
+        timing: Timing,
+        workload: Workload,
+    ) -> ReplicaSim {
         let voters = Membership::new(1..=nodes as NodeId).expect("valid membership");
         let opts = Options {
             entry_bytes_max: 64 << 10,
@@ -369,7 +400,11 @@ impl ReplicaSim {
         true
     }
 
-    pub fn run_until(&mut self, deadline_us: u64, mut done: impl FnMut(&ReplicaSim) -> bool) -> bool {
+    pub fn run_until(
+        &mut self,
+        deadline_us: u64,
+        mut done: impl FnMut(&ReplicaSim) -> bool,
+    ) -> bool {
         while self.now_us < deadline_us {
             if done(self) {
                 return true;
@@ -410,11 +445,19 @@ impl ReplicaSim {
 
     fn on_tick(&mut self, id: NodeId, incarnation: u64) {
         let node = self.node(id);
-        if node.incarnation != incarnation || matches!(node.status, Status::Crashed | Status::Destroyed) {
+        if node.incarnation != incarnation
+            || matches!(node.status, Status::Crashed | Status::Destroyed)
+        {
             return;
         }
         let (tick_us, paused) = (node.tick_us, node.status == Status::Paused);
-        self.schedule(tick_us, Event::Tick { node: id, incarnation });
+        self.schedule(
+            tick_us,
+            Event::Tick {
+                node: id,
+                incarnation,
+            },
+        );
         if paused {
             return;
         }
@@ -428,7 +471,13 @@ impl ReplicaSim {
             return;
         }
         if node.status == Status::Paused {
-            self.schedule(self.timing.tick_us, Event::SyncDone { node: id, incarnation });
+            self.schedule(
+                self.timing.tick_us,
+                Event::SyncDone {
+                    node: id,
+                    incarnation,
+                },
+            );
             return;
         }
         let node = self.node_mut(id);
@@ -485,7 +534,12 @@ impl ReplicaSim {
             return;
         }
         loop {
-            let Some(effect) = self.node_mut(id).replica.as_mut().and_then(|r| r.poll_effect()) else {
+            let Some(effect) = self
+                .node_mut(id)
+                .replica
+                .as_mut()
+                .and_then(|r| r.poll_effect())
+            else {
                 break;
             };
             self.on_effect(id, effect);
@@ -528,13 +582,25 @@ impl ReplicaSim {
         if new_leader {
             self.stats.elections += 1;
             self.checker.became_leader(id, term);
-            let replica = self.nodes[(id - 1) as usize].replica.as_ref().expect("running");
+            let replica = self.nodes[(id - 1) as usize]
+                .replica
+                .as_ref()
+                .expect("running");
             let log = replica.raft().log();
-            self.checker.check_leader_log(id, term, log.snapshot_id(), |i| log.term(i));
+            self.checker
+                .check_leader_log(id, term, log.snapshot_id(), |i| log.term(i));
         }
         if start_sync {
-            let latency = self.rng.gen_range(self.timing.sync_us_min..=self.timing.sync_us_max);
-            self.schedule(latency, Event::SyncDone { node: id, incarnation });
+            let latency = self
+                .rng
+                .gen_range(self.timing.sync_us_min..=self.timing.sync_us_max);
+            self.schedule(
+                latency,
+                Event::SyncDone {
+                    node: id,
+                    incarnation,
+                },
+            );
         }
     }
 
@@ -558,16 +624,22 @@ impl ReplicaSim {
                     },
                 );
             }
-            Effect::Applied { index, term, state_hash } => {
+            Effect::Applied {
+                index,
+                term,
+                state_hash,
+            } => {
                 self.stats.entries_applied += 1;
                 let node_term = self.replica(id).map_or(0, |r| r.raft().term());
-                self.checker.applied_position(id, node_term, index, term, state_hash);
+                self.checker
+                    .applied_position(id, node_term, index, term, state_hash);
                 self.history.note_commit(index);
                 self.record_committed(id, index);
             }
             Effect::Diverged { index, reason } => {
-                self.checker
-                    .fail(format!("I2: server {id} diverged at entry {index}: {reason}"));
+                self.checker.fail(format!(
+                    "I2: server {id} diverged at entry {index}: {reason}"
+                ));
             }
         }
     }
@@ -617,7 +689,9 @@ impl ReplicaSim {
             PeerMessage::Raft(m) => PacketKind::Raft(m.kind()),
             _ => PacketKind::Snapshot,
         };
-        let delays = self.net.route_parts(msg.from(), msg.to(), kind, &mut self.rng);
+        let delays = self
+            .net
+            .route_parts(msg.from(), msg.to(), kind, &mut self.rng);
         for delay in delays {
             self.schedule(delay, Event::Deliver(msg.clone()));
         }
@@ -633,8 +707,19 @@ impl ReplicaSim {
         let incarnation = node.incarnation;
         let replica = node.replica.as_mut().expect("running");
         let live = replica.engine().live_dir().to_string();
-        let fate = if crash { Fate::CrashMidway } else { Fate::Normal };
-        let outcome = ledger::execute(replica.engine_mut().tree(), &live, &command, now_us, &mut node.app_rng, fate);
+        let fate = if crash {
+            Fate::CrashMidway
+        } else {
+            Fate::Normal
+        };
+        let outcome = ledger::execute(
+            replica.engine_mut().tree(),
+            &live,
+            &command,
+            now_us,
+            &mut node.app_rng,
+            fate,
+        );
         if matches!(outcome, ExecOutcome::Failed { .. }) {
             self.stats.app_failures += 1;
         }
@@ -717,8 +802,10 @@ impl ReplicaSim {
         let Some(op) = self.clients[i].current else {
             return;
         };
+        // A client starts at one of its targets and follows redirects to
+        // any server that is not destroyed.
         let target = match self.clients[i].target {
-            Some(t) if self.client_targets.contains(&t) => t,
+            Some(t) if self.node(t).status != Status::Destroyed => t,
             _ => *self.client_targets.choose(&mut self.rng).expect("targets"),
         };
         let client = &mut self.clients[i];
@@ -732,7 +819,13 @@ impl ReplicaSim {
             command: o.command.encode(),
         };
         let delay = self.rng.gen_range(50..2_000);
-        self.schedule(delay, Event::Request { node: target, request });
+        self.schedule(
+            delay,
+            Event::Request {
+                node: target,
+                request,
+            },
+        );
     }
 
     fn on_reply(&mut self, i: usize, seq: u64, reply: Reply, commit: u64) {
@@ -798,11 +891,18 @@ impl ReplicaSim {
                 node.leading = None;
                 let (incarnation, tick_us) = (node.incarnation, node.tick_us);
                 let phase = self.rng.gen_range(0..tick_us);
-                self.schedule(phase, Event::Tick { node: id, incarnation });
+                self.schedule(
+                    phase,
+                    Event::Tick {
+                        node: id,
+                        incarnation,
+                    },
+                );
                 self.after(id, Ok(()));
             }
             Err(e) => {
-                self.checker.fail(format!("server {id} cannot restart: {e}"));
+                self.checker
+                    .fail(format!("server {id} cannot restart: {e}"));
                 self.node_mut(id).status = Status::Destroyed;
             }
         }
@@ -826,8 +926,9 @@ impl ReplicaSim {
             Ok(log) => node.disk = Some((log, tree)),
             Err(e) => {
                 node.status = Status::Destroyed;
-                self.checker
-                    .fail(format!("server {id}'s log does not recover after a crash: {e}"));
+                self.checker.fail(format!(
+                    "server {id}'s log does not recover after a crash: {e}"
+                ));
             }
         }
         self.stats.crashes += 1;
@@ -835,7 +936,13 @@ impl ReplicaSim {
 
     pub fn restart_after(&mut self, id: NodeId, delay_us: u64) {
         let incarnation = self.node(id).incarnation;
-        self.schedule(delay_us, Event::Restart { node: id, incarnation });
+        self.schedule(
+            delay_us,
+            Event::Restart {
+                node: id,
+                incarnation,
+            },
+        );
     }
 
     pub fn restart(&mut self, id: NodeId) {
@@ -867,7 +974,13 @@ impl ReplicaSim {
         node.status = Status::Paused;
         let incarnation = node.incarnation;
         self.stats.pauses += 1;
-        self.schedule(duration_us, Event::Resume { node: id, incarnation });
+        self.schedule(
+            duration_us,
+            Event::Resume {
+                node: id,
+                incarnation,
+            },
+        );
     }
 
     pub fn resume(&mut self, id: NodeId) {
@@ -904,18 +1017,20 @@ impl ReplicaSim {
                 Some(r) => {
                     let raft = r.raft();
                     format!(
-                        "{:?} t{} lead {:?} commit {} durable {} last {} applied {} ready {} exec {} diverged {:?} mode {:?}",
+                        "{:?} t{} lead {:?} commit {} durable {} last {} snap {} applied {} ready {} exec {} diverged {:?} mode {:?} {}",
                         raft.role(),
                         raft.term(),
                         raft.leader_id(),
                         raft.commit_index(),
                         raft.durable_index(),
                         raft.last_log_id(),
+                        raft.log().snapshot_id(),
                         r.applied_index(),
                         r.is_ready_leader(),
                         r.executing(),
                         r.diverged(),
                         r.engine().status().mode,
+                        r.snapshot_status(),
                     )
                 }
                 None => String::new(),
@@ -937,7 +1052,8 @@ impl ReplicaSim {
             let applied = replica.applied_index();
             let tree = replica.engine_mut().tree();
             let Ok(files) = listing(tree, &base) else {
-                self.checker.fail(format!("server {id}'s committed tree cannot be listed"));
+                self.checker
+                    .fail(format!("server {id}'s committed tree cannot be listed"));
                 continue;
             };
             match &reference {
