@@ -95,11 +95,17 @@ fn scenario<T: FileTree>(
     source.snapshot_end(snapshot);
     assert!(end_index <= index);
     assert_eq!(receiver.status().state_index, end_index);
-    assert_same("installed snapshot", &base_listing(receiver), &end_listing);
+    // The snapshot stands at the state the source had when its copy ended;
+    // when that is the source's current state, compare the bytes now (the
+    // installed hash was verified either way, and the catch-up below
+    // compares the bytes in every case).
+    if end_index == index {
+        assert_same("installed snapshot", &base_listing(receiver), &end_listing);
+    }
     assert_same(
         "receiver live after install",
         &list(receiver.tree(), "live"),
-        &end_listing,
+        &base_listing(receiver),
     );
     // The receiver now follows the log from the END index on.
     for ops in during {

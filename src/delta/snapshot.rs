@@ -7,9 +7,11 @@
 //!   the committed tree at start index `S`, then copies it *fuzzily* (each
 //!   chunk reads the files as they are when it is made, while applies go on
 //!   between chunks), while a journal records every whole delta applied after
-//!   `S`. After the data it streams the journal (`REPLAY` chunks) and finally
-//!   `END (E, hash_E)`, where `E` is the index the committed state is at when
-//!   the journal is drained. Chunk `k` always restarts from the same position
+//!   `S`. After the data it streams the journal (`REPLAY` chunks) up to `E`,
+//!   the index the committed state was at when the copy finished (every byte
+//!   copied was read at or before it), and finally `END (E, term_E, hash_E)`.
+//!   Deltas applied after `E` are not needed, so a transfer ends even while
+//!   the source keeps applying faster than it streams. Chunk `k` always restarts from the same position
 //!   (file, offset) or (journal entry, part), so a transfer resumes from any
 //!   chunk the receiver asks for ([`Engine::snapshot_rewind`]).
 //! - Receiver ([`Engine::install_begin`], [`Engine::install_chunk`]): writes
@@ -72,6 +74,10 @@ pub struct SnapshotSource {
     entries: Vec<(String, Option<u32>, u32)>,
     positions: Vec<Pos>,
     cursor: Pos,
+    /// The committed state (index, term, hash) when the copy finished: the
+    /// replay stops there, so a transfer ends even while the source keeps
+    /// applying faster than it streams.
+    end: Option<(u64, u64, StateHash)>,
 }
 
 impl SnapshotSource {
@@ -165,6 +171,7 @@ impl<T: FileTree> Engine<T> {
                 entry: 0,
                 offset: 0,
             },
+            end: None,
         })
     }
 
@@ -222,6 +229,9 @@ impl<T: FileTree> Engine<T> {
         let chunk = match start {
             Pos::Finished => return Ok(None),
             Pos::Data { entry, .. } if entry >= source.entries.len() => {
+                // Every byte copied was read at or before this state; every
+                // delta up to it is in the journal.
+                source.end = Some((self.state_index, self.state_term, self.committed.hash()));
                 source.cursor = Pos::Replay { entry: 0, part: 0 };
                 return self.snapshot_next(source);
             }
@@ -231,7 +241,9 @@ impl<T: FileTree> Engine<T> {
             }
             Pos::Replay { entry, part } => {
                 let journal = self.journal.as_ref().expect("checked above");
-                if entry < journal.entries.len() {
+                let (end_index, end_term, end_hash) =
+                    source.end.expect("the replay starts after the copy");
+                if entry < journal.entries.len() && journal.entries[entry].0 <= end_index {
                     let parts = &journal.entries[entry].1;
                     let chunk = seal_chunk(source.id, seq, KIND_REPLAY, &parts[part]);
                     source.cursor = if part + 1 < parts.len() {
@@ -248,9 +260,9 @@ impl<T: FileTree> Engine<T> {
                     chunk
                 } else {
                     let mut payload = Vec::with_capacity(32);
-                    payload.extend_from_slice(&self.state_index.to_le_bytes());
-                    payload.extend_from_slice(&self.state_term.to_le_bytes());
-                    payload.extend_from_slice(&self.committed.hash().to_le_bytes());
+                    payload.extend_from_slice(&end_index.to_le_bytes());
+                    payload.extend_from_slice(&end_term.to_le_bytes());
+                    payload.extend_from_slice(&end_hash.to_le_bytes());
                     source.cursor = Pos::Finished;
                     seal_chunk(source.id, seq, KIND_END, &payload)
                 }

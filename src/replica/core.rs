@@ -1248,9 +1248,23 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
     }
 
     fn tick_snapshots(&mut self) -> Result<(), ReplicaError> {
-        let Some(out) = self.outgoing.as_mut() else {
+        let Some(out) = self.outgoing.as_ref() else {
             return Ok(());
         };
+        let caught_up = self
+            .raft
+            .follower_match(out.peer)
+            .is_some_and(|m| m >= out.source.start_index());
+        if caught_up || !self.raft.is_leader() {
+            // The log brought the peer past the snapshot: it is not needed.
+            let out = self.outgoing.take().expect("outgoing");
+            self.engine.snapshot_end(out.source);
+            if let Some(next) = self.snapshot_queue.pop_front() {
+                return self.start_snapshot(next);
+            }
+            return Ok(());
+        }
+        let out = self.outgoing.as_mut().expect("outgoing");
         out.stall_ticks += 1;
         if out.stall_ticks < self.cfg.snapshot_stall_ticks {
             return Ok(());
