@@ -55,6 +55,11 @@ struct Cli {
     /// forget-vote, skip-check-quorum) to show the checkers catch it.
     #[arg(long, default_value = "none")]
     mutation: Mutation,
+    /// Test only, with --layer replica: a deliberate bug in the pipeline
+    /// (release-before-commit, skip-rollback, skip-barrier, skip-dedup,
+    /// read-without-quorum).
+    #[arg(long, default_value = "none")]
+    replica_mutation: bunker::replica::ReplicaMutation,
     /// Print the fault log of every failing seed (use with one seed).
     #[arg(long)]
     trace: bool,
@@ -128,6 +133,10 @@ fn main() {
         safety_us: cfg.safety_us,
         liveness_us_max: cfg.liveness_us_max,
         opts: cfg.opts.clone(),
+        workload: bunker::sim::Workload {
+            mutation: cli.replica_mutation,
+            ..bunker::sim::Workload::default()
+        },
         ..ReplicaRunConfig::default()
     };
     let run = |seed: u64| -> Seed {
@@ -256,6 +265,9 @@ fn print_failure(cli: &Cli, report: &Seed) {
     }
     if cli.mutation != Mutation::None {
         replay.push_str(&format!(" --mutation {}", mutation_name(cli.mutation)));
+    }
+    if cli.replica_mutation != bunker::replica::ReplicaMutation::None {
+        replay.push_str(&format!(" --replica-mutation {}", cli.replica_mutation));
     }
     println!(
         "FAIL seed {} at {}us: {} ({} violations) | replay: {replay} --trace",

@@ -40,6 +40,61 @@ pub struct ReplicaConfig {
     pub snapshot_stalls_max: u32,
     /// A diverged server asks its leader for a snapshot this often.
     pub snapshot_request_ticks: u32,
+    /// Test-only: a deliberate bug, to prove the checkers catch it.
+    #[doc(hidden)]
+    pub mutation: ReplicaMutation,
+}
+
+/// Deliberate bugs in the pipeline, switched on only by tests and
+/// `bunker-sim --replica-mutation`, to show the checkers catch them.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReplicaMutation {
+    #[default]
+    None,
+    /// Answer a command as soon as it is proposed, not when it commits.
+    ReleaseBeforeCommit,
+    /// Never roll the working copy back.
+    SkipRollback,
+    /// Run commands as soon as this server leads, before its barrier.
+    SkipBarrier,
+    /// Run retried commands again instead of answering from the session.
+    SkipDedup,
+    /// Answer reads at once, without a quorum check or waiting for the
+    /// pipeline.
+    ReadWithoutQuorum,
+}
+
+impl std::fmt::Display for ReplicaMutation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReplicaMutation::None => "none",
+            ReplicaMutation::ReleaseBeforeCommit => "release-before-commit",
+            ReplicaMutation::SkipRollback => "skip-rollback",
+            ReplicaMutation::SkipBarrier => "skip-barrier",
+            ReplicaMutation::SkipDedup => "skip-dedup",
+            ReplicaMutation::ReadWithoutQuorum => "read-without-quorum",
+        })
+    }
+}
+
+impl std::str::FromStr for ReplicaMutation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ReplicaMutation, String> {
+        match s {
+            "none" => Ok(ReplicaMutation::None),
+            "release-before-commit" => Ok(ReplicaMutation::ReleaseBeforeCommit),
+            "skip-rollback" => Ok(ReplicaMutation::SkipRollback),
+            "skip-barrier" => Ok(ReplicaMutation::SkipBarrier),
+            "skip-dedup" => Ok(ReplicaMutation::SkipDedup),
+            "read-without-quorum" => Ok(ReplicaMutation::ReadWithoutQuorum),
+            other => Err(format!(
+                "unknown replica mutation {other:?}; expected none, release-before-commit, \
+                 skip-rollback, skip-barrier, skip-dedup or read-without-quorum"
+            )),
+        }
+    }
 }
 
 impl Default for ReplicaConfig {
@@ -56,6 +111,7 @@ impl Default for ReplicaConfig {
             snapshot_stall_ticks: 20,
             snapshot_stalls_max: 10,
             snapshot_request_ticks: 20,
+            mutation: ReplicaMutation::None,
         }
     }
 }
@@ -632,7 +688,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             draining: false,
             last_proposed: self.raft.last_log_id().index,
         });
-        Ok(())
+        self.check_ready()
     }
 
     /// Ready once the barrier committed and everything up to it is applied,
@@ -642,14 +698,17 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         let Some(l) = self.leading.as_ref() else {
             return Ok(());
         };
-        if l.ready || l.barrier.is_none_or(|b| applied < b) {
+        let skip_barrier = self.cfg.mutation == ReplicaMutation::SkipBarrier;
+        if l.ready || (!skip_barrier && l.barrier.is_none_or(|b| applied < b)) {
             return Ok(());
         }
         if self.diverged.is_some() || !self.engine.status().can_lead() {
             self.raft.set_electable(false)?;
             return self.drain_raft();
         }
-        if self.engine.status().mode != Mode::Mirrored {
+        let mode = self.engine.status().mode;
+        let skip = self.cfg.mutation == ReplicaMutation::SkipRollback && mode == Mode::Speculative;
+        if mode != Mode::Mirrored && !skip {
             self.engine.rollback()?;
         }
         let generation = self.sessions.generation();
@@ -696,7 +755,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
     fn rollback_if_due(&mut self) -> Result<(), ReplicaError> {
         if self.rollback_due && self.executing.is_none() {
             self.rollback_due = false;
-            if self.diverged.is_none() {
+            if self.diverged.is_none() && self.cfg.mutation != ReplicaMutation::SkipRollback {
                 self.engine.rollback()?;
             }
         }
@@ -720,8 +779,9 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             let Some(request) = self.queue.pop_front() else {
                 return Ok(());
             };
-            let spec_seq = l.spec.get(&request.client).copied();
-            let committed = self.sessions.get(request.client).cloned();
+            let dedup = self.cfg.mutation != ReplicaMutation::SkipDedup;
+            let spec_seq = l.spec.get(&request.client).copied().filter(|_| dedup);
+            let committed = self.sessions.get(request.client).cloned().filter(|_| dedup);
             if spec_seq == Some(request.seq) {
                 // A retry of a command still in the pipeline: wait for it.
                 let l = self.leading.as_mut().expect("leading");
@@ -825,14 +885,18 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
                 l.last_proposed = range.last.index;
                 l.spec.insert(request.client, request.seq);
                 l.spec_expired.extend(expired);
+                let early = self.cfg.mutation == ReplicaMutation::ReleaseBeforeCommit;
                 l.inflight.push_back(InFlight {
                     client: request.client,
                     seq: request.seq,
                     last_index: range.last.index,
                     status,
-                    response,
-                    waiters: vec![request.ctx],
+                    response: response.clone(),
+                    waiters: if early { Vec::new() } else { vec![request.ctx] },
                 });
+                if early {
+                    self.reply(&request, Reply::Ok { status, response });
+                }
                 self.drain_raft()
             }
             Err(ProposeError::Fatal(e)) => Err(e.into()),
@@ -926,7 +990,9 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         if !l.draining || !l.inflight.is_empty() || self.executing.is_some() {
             return Ok(());
         }
-        self.engine.rollback()?;
+        if self.cfg.mutation != ReplicaMutation::SkipRollback {
+            self.engine.rollback()?;
+        }
         let generation = self.sessions.generation();
         let l = self.leading.as_mut().expect("leading");
         l.draining = false;
@@ -944,6 +1010,12 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         reply: Reply,
         after_index: Index,
     ) -> Result<(), ReplicaError> {
+        if self.cfg.mutation == ReplicaMutation::ReadWithoutQuorum {
+            for w in waiters {
+                self.reply_to(w, reply.clone());
+            }
+            return Ok(());
+        }
         let pending = self.leading.as_ref().map_or(0, |l| l.replies.len());
         if pending >= self.cfg.pending_replies_max {
             for w in waiters {

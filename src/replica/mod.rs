@@ -43,7 +43,7 @@ pub mod entry;
 pub mod session;
 
 pub use self::core::{
-    Effect, ExecOutcome, PeerMessage, Replica, ReplicaConfig, ReplicaError, ReplicaSetup, Reply,
+    Effect, ExecOutcome, PeerMessage, Replica, ReplicaConfig, ReplicaError, ReplicaMutation, ReplicaSetup, Reply,
     Request,
 };
 pub use entry::{ClientId, CommandEntry, ReplicaEntry};

@@ -155,6 +155,8 @@ pub struct Workload {
     /// A client takes a new identity after this many commands (sessions
     /// come and go, so the leader expires old ones).
     pub commands_per_identity: u64,
+    /// Test only: a deliberate bug in the pipeline.
+    pub mutation: crate::replica::ReplicaMutation,
 }
 
 impl Default for Workload {
@@ -165,6 +167,7 @@ impl Default for Workload {
             app_crash: 0.01,
             large: 0.01,
             commands_per_identity: 100,
+            mutation: crate::replica::ReplicaMutation::None,
         }
     }
 }
@@ -226,6 +229,7 @@ impl ReplicaSim {
                 snapshot_stall_ticks: 10,
                 snapshot_stalls_max: 10,
                 snapshot_request_ticks: 10,
+                mutation: workload.mutation,
             },
         };
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -525,7 +529,10 @@ impl ReplicaSim {
         if let Err(e) = result {
             let storage = matches!(
                 &e,
-                ReplicaError::Core(crate::raft::CoreError::Storage(_)) | ReplicaError::Log(_)
+                ReplicaError::Core(crate::raft::CoreError::Storage(_))
+                    | ReplicaError::Log(_)
+                    | ReplicaError::Engine(crate::delta::EngineError::Storage(_))
+                    | ReplicaError::Session(crate::replica::session::SessionError::Tree(_))
             );
             if !storage {
                 self.checker.fail(format!("server {id} stopped: {e}"));
