@@ -72,3 +72,55 @@ fn a_seed_replays_exactly() {
         assert!(a.stats.events > 10_000, "seed {seed} ran for real");
     }
 }
+
+/// The replica simulator (whole servers, the ledger, retrying clients and
+/// the history checker) over a bounded number of seeds:
+/// `BUNKER_REPLICA_SEEDS` (default 40 with optimizations, 4 without).
+#[test]
+fn replica_seeds_pass_every_checker() {
+    use bunker::sim::{run_replica_seed, ReplicaRunConfig};
+    let default = if cfg!(debug_assertions) { 4 } else { 40 };
+    let seeds: u64 = std::env::var("BUNKER_REPLICA_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    let cfg = ReplicaRunConfig {
+        safety_us: 3_000_000,
+        ..ReplicaRunConfig::default()
+    };
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as u64;
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..jobs)
+            .map(|job| {
+                let cfg = &cfg;
+                scope.spawn(move || {
+                    let mut failures = Vec::new();
+                    let mut seed = job;
+                    while seed < seeds {
+                        let report = run_replica_seed(seed, cfg);
+                        if let Some(v) = report.violations.first() {
+                            failures.push(format!(
+                                "seed {seed}: {} | replay: cargo run --release --bin bunker-sim -- --layer replica --ticks 300 --seeds {seed} --trace",
+                                v.what
+                            ));
+                        }
+                        seed += jobs;
+                    }
+                    failures
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker"))
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -348,6 +348,8 @@ pub struct Replica<L: LogStore, T: FileTree> {
     next_read: u64,
     /// Roll the working copy back as soon as the application is quiet.
     rollback_due: bool,
+    /// The session table waits for the recovery of an interrupted apply.
+    sessions_stale: bool,
     diverged: Option<Index>,
     ticks_since_request: u32,
     outgoing: Option<Outgoing>,
@@ -393,6 +395,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             next_exec: 1,
             next_read: 1,
             rollback_due: false,
+            sessions_stale: report.recovering,
             diverged: None,
             ticks_since_request: 0,
             outgoing: None,
@@ -402,7 +405,12 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             effects: VecDeque::new(),
             stopped: false,
         };
-        replica.reload_sessions()?;
+        if !report.recovering {
+            // While recovering, the committed files hold a partly applied
+            // delta (a session record may be torn): the sessions are read
+            // once the interrupted entry has been applied again.
+            replica.reload_sessions()?;
+        }
         replica.drain_raft()?;
         Ok(replica)
     }
@@ -1103,6 +1111,10 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             }
         }
         self.release_replies();
+        if self.sessions_stale && !self.engine.status().recovering {
+            self.sessions_stale = false;
+            self.reload_sessions()?;
+        }
         if !self.raft.electable() && self.diverged.is_none() && self.engine.status().can_lead() {
             // A crash in the middle of an apply is repaired once the entry
             // is applied again: this server may lead again.

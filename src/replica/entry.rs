@@ -232,8 +232,10 @@ mod tests {
             body.extend(sum.to_le_bytes());
             Bytes::from(body)
         };
+        let mut bad_version = vec![9u8];
+        bad_version.extend([0u8; 1 + 8 + 8 + 1 + 8 + 2 + 4 + 4]);
         assert_eq!(
-            ReplicaEntry::decode(&seal(vec![9])),
+            ReplicaEntry::decode(&seal(bad_version)),
             Err(EntryError::Version(9))
         );
         let mut bad_kind = vec![ENTRY_VERSION, 7];

@@ -43,8 +43,8 @@ pub mod entry;
 pub mod session;
 
 pub use self::core::{
-    Effect, ExecOutcome, PeerMessage, Replica, ReplicaConfig, ReplicaError, ReplicaMutation, ReplicaSetup, Reply,
-    Request,
+    Effect, ExecOutcome, PeerMessage, Replica, ReplicaConfig, ReplicaError, ReplicaMutation,
+    ReplicaSetup, Reply, Request,
 };
 pub use entry::{ClientId, CommandEntry, ReplicaEntry};
 pub use session::{Session, SessionTable, SESSIONS_DIR};

@@ -1016,6 +1016,131 @@ impl ReplicaSim {
         }
     }
 
+    // ----- helpers for scripted scenarios ---------------------------------
+
+    /// Runs until some server leads with its barrier committed and applied.
+    pub fn wait_for_ready_leader(&mut self, bound_us: u64) -> Option<NodeId> {
+        let deadline = self.now_us + bound_us;
+        let mut found = None;
+        self.run_until(deadline, |sim| {
+            found = sim.ids().into_iter().find(|&n| {
+                sim.status(n) == Status::Up && sim.replica(n).is_some_and(|r| r.is_ready_leader())
+            });
+            found.is_some()
+        });
+        found
+    }
+
+    /// Client `i` sends a new command to `target`; returns the operation's
+    /// index in the history.
+    pub fn submit(&mut self, i: usize, command: LedgerCommand, target: NodeId) -> usize {
+        let client = &mut self.clients[i];
+        client.seq += 1;
+        self.history.operations.push(Operation {
+            client: client.id,
+            seq: client.seq,
+            command,
+            invoked_us: self.now_us,
+            completed_us: None,
+            outcome: None,
+            commit_at_completion: 0,
+        });
+        let op = self.history.operations.len() - 1;
+        client.current = Some(op);
+        client.target = Some(target);
+        self.send_current(i);
+        op
+    }
+
+    /// Client `i` sends its current command again (same sequence) to `target`.
+    pub fn resend(&mut self, i: usize, target: NodeId) {
+        self.clients[i].target = Some(target);
+        self.send_current(i);
+    }
+
+    /// Runs until operation `op` is answered; returns its outcome.
+    pub fn wait_op(&mut self, op: usize, bound_us: u64) -> Option<Outcome> {
+        let deadline = self.now_us + bound_us;
+        self.run_until(deadline, |sim| sim.history.operations[op].outcome.is_some());
+        self.history.operations[op].outcome.clone()
+    }
+
+    /// Makes `id` start an election now (its clock jumps until it asks for
+    /// pre-votes).
+    pub fn campaign(&mut self, id: NodeId) {
+        for _ in 0..2 * self.setup.raft.election_ticks_min {
+            let Some(r) = self.replica(id) else { return };
+            if r.raft().role() == Role::Leader {
+                return;
+            }
+            self.clock_jump(id, 1);
+            let Some(r) = self.replica(id) else { return };
+            if r.raft().role() == Role::PreCandidate && r.raft().election_elapsed() == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Cuts every link to and from `id`.
+    pub fn isolate(&mut self, id: NodeId) {
+        for other in self.ids() {
+            if other != id {
+                self.net.set_blocked_both(id, other, true);
+            }
+        }
+    }
+
+    /// The `n`-th file-tree operation from now on `id` fails as a crash
+    /// (the server then stops, as on a real crash mid-write).
+    pub fn crash_tree_after_ops(&mut self, id: NodeId, n: u64) {
+        if let Some(r) = self.node_mut(id).replica.as_mut() {
+            r.engine_mut().tree().crash_after_ops(n);
+        }
+    }
+
+    /// Heals everything, restarts every server that is not destroyed, waits
+    /// until they all stand at the same index, then runs every end-of-run
+    /// check. Returns the violations.
+    pub fn converge_and_check(&mut self, bound_us: u64) -> Vec<String> {
+        self.clients_on = false;
+        self.net.heal_all();
+        for n in self.alive() {
+            match self.status(n) {
+                Status::Crashed => self.restart(n),
+                Status::Paused => self.resume(n),
+                _ => {}
+            }
+        }
+        if let Some(leader) = self.wait_for_ready_leader(bound_us) {
+            // A last write makes every server apply everything before it.
+            let op = self.submit(
+                0,
+                LedgerCommand::Deposit {
+                    account: 1,
+                    amount: 1,
+                },
+                leader,
+            );
+            self.wait_op(op, bound_us);
+        }
+        let deadline = self.now_us + bound_us;
+        self.run_until(deadline, |sim| {
+            let alive = sim.alive();
+            let first = sim.applied(alive[0]);
+            first.is_some_and(|f| f >= sim.history.commit_index)
+                && alive.iter().all(|&n| sim.applied(n) == first)
+        });
+        self.check_trees_identical();
+        let mut violations: Vec<String> = self
+            .checker
+            .violations
+            .iter()
+            .map(|v| v.what.clone())
+            .collect();
+        violations.extend(self.history.check());
+        violations
+    }
+
     /// One line per server, for traces.
     pub fn describe(&self) -> String {
         let mut out = String::new();

@@ -1,0 +1,357 @@
+//! Named scenarios for the replication pipeline (BRIEF §4 and issue 5),
+//! scripted against whole simulated servers running the ledger. Each runs
+//! every checker: consensus safety after every event, identical committed
+//! trees and the client history (I1 to I5) at the end. The `*_is_caught`
+//! variants switch on a deliberate bug and show that the same scenario then
+//! fails.
+
+use bunker::raft::{Mutation, Options};
+use bunker::replica::ReplicaMutation;
+use bunker::sim::history::Outcome;
+use bunker::sim::ledger::LedgerCommand;
+use bunker::sim::{ReplicaSim, Status, Timing, Workload};
+use ringlog::NodeId;
+
+const MS: u64 = 1_000;
+const SECOND: u64 = 1_000_000;
+
+fn sim(seed: u64, mutation: ReplicaMutation) -> ReplicaSim {
+    let workload = Workload {
+        app_crash: 0.0,
+        large: 0.0,
+        mutation,
+        ..Workload::default()
+    };
+    ReplicaSim::new(seed, 5, Options::default(), Timing::default(), workload)
+}
+
+fn others(sim: &ReplicaSim, id: NodeId) -> Vec<NodeId> {
+    sim.ids().into_iter().filter(|&n| n != id).collect()
+}
+
+fn deposit(account: u64, amount: u64) -> LedgerCommand {
+    LedgerCommand::Deposit { account, amount }
+}
+
+fn ok(outcome: &Option<Outcome>) -> bool {
+    matches!(outcome, Some(Outcome::Ok { .. }))
+}
+
+/// Funds every account so transfers can succeed.
+fn fund(sim: &mut ReplicaSim, leader: NodeId) {
+    for account in 0..6 {
+        let op = sim.submit(0, deposit(account, 500), leader);
+        assert!(ok(&sim.wait_op(op, SECOND)), "funding account {account}");
+    }
+}
+
+fn new_ready_leader(sim: &mut ReplicaSim, old: NodeId, bound_us: u64) -> NodeId {
+    let deadline = sim.now_us + bound_us;
+    let mut found = None;
+    sim.run_until(deadline, |s| {
+        found = s.ids().into_iter().find(|&n| {
+            n != old
+                && s.status(n) == Status::Up
+                && s.replica(n).is_some_and(|r| r.is_ready_leader())
+        });
+        found.is_some()
+    });
+    found.expect("a new leader")
+}
+
+// ----- a deposed leader with a full pipeline -------------------------------
+
+fn deposed_leader_with_full_pipeline(mutation: ReplicaMutation) -> (Vec<String>, usize) {
+    let mut sim = sim(11, mutation);
+    let old = sim.wait_for_ready_leader(2 * SECOND).expect("leader");
+    fund(&mut sim, old);
+    sim.isolate(old);
+    let ops: Vec<usize> = (0..6)
+        .map(|i| sim.submit(i, deposit(i as u64, 10), old))
+        .collect();
+    sim.run_for(50 * MS);
+    let answered_by_old = ops
+        .iter()
+        .filter(|&&op| ok(&sim.history.operations[op].outcome))
+        .count();
+    let new = new_ready_leader(&mut sim, old, 3 * SECOND);
+    for (i, &op) in ops.iter().enumerate() {
+        if sim.history.operations[op].outcome.is_none() {
+            sim.resend(i, new);
+        }
+    }
+    for &op in &ops {
+        sim.wait_op(op, SECOND);
+    }
+    (sim.converge_and_check(5 * SECOND), answered_by_old)
+}
+
+#[test]
+fn deposed_leader_with_a_full_pipeline_answers_nothing_and_rolls_back() {
+    let (violations, answered_by_old) = deposed_leader_with_full_pipeline(ReplicaMutation::None);
+    assert_eq!(
+        answered_by_old, 0,
+        "a cut-off leader commits nothing, so answers nothing"
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn releasing_responses_before_commit_is_caught() {
+    let (violations, answered_by_old) =
+        deposed_leader_with_full_pipeline(ReplicaMutation::ReleaseBeforeCommit);
+    assert!(answered_by_old > 0);
+    assert!(
+        violations.iter().any(|v| v.starts_with("I1")),
+        "{violations:#?}"
+    );
+}
+
+// ----- two servers destroyed right after a response ------------------------
+
+#[test]
+fn two_servers_destroyed_at_once_right_after_a_response() {
+    for seed in 0..8 {
+        let mut sim = sim(100 + seed, ReplicaMutation::None);
+        let leader = sim.wait_for_ready_leader(2 * SECOND).expect("leader");
+        fund(&mut sim, leader);
+        let op = sim.submit(1, deposit(3, 77), leader);
+        assert!(ok(&sim.wait_op(op, SECOND)));
+        // The leader and one follower vanish the instant the client heard.
+        let follower = others(&sim, leader)[seed as usize % 4];
+        sim.destroy(leader);
+        sim.destroy(follower);
+        let violations = sim.converge_and_check(5 * SECOND);
+        assert!(violations.is_empty(), "seed {seed}: {violations:#?}");
+    }
+}
+
+// ----- a retry reaching a new leader that holds the entry uncommitted -------
+
+fn retry_at_new_leader(mutation: ReplicaMutation) -> Vec<String> {
+    let mut sim = sim(23, mutation);
+    let old = sim.wait_for_ready_leader(2 * SECOND).expect("leader");
+    fund(&mut sim, old);
+    let f = others(&sim, old)[0];
+    // Only f receives the leader's appends, and f's answers never return.
+    for n in others(&sim, old) {
+        if n != f {
+            sim.net.set_blocked_both(old, n, true);
+        }
+    }
+    sim.net.link_mut(f, old).blocked = true;
+    let op = sim.submit(2, deposit(4, 33), old);
+    sim.run_for(30 * MS);
+    assert!(
+        sim.history.operations[op].outcome.is_none(),
+        "not committed, not answered"
+    );
+    let f_last = sim.replica(f).unwrap().raft().last_log_id();
+    assert_eq!(
+        f_last,
+        sim.replica(old).unwrap().raft().last_log_id(),
+        "f holds the entry"
+    );
+    sim.crash(old);
+    // The others reach only f, so only f (which holds the entry) can win.
+    sim.net.heal_all();
+    let rest: Vec<NodeId> = others(&sim, old).into_iter().filter(|&n| n != f).collect();
+    for &a in &rest {
+        for &b in &rest {
+            if a != b {
+                sim.net.link_mut(a, b).blocked = true;
+            }
+        }
+    }
+    sim.run_for(150 * MS);
+    for _ in 0..20 {
+        if sim.replica(f).unwrap().is_ready_leader() {
+            break;
+        }
+        sim.campaign(f);
+        sim.run_for(30 * MS);
+    }
+    assert!(
+        sim.replica(f).unwrap().is_ready_leader(),
+        "f leads: {}",
+        sim.describe()
+    );
+    sim.net.heal_all();
+    // The client times out and retries, same sequence, at the new leader.
+    sim.resend(2, f);
+    assert!(ok(&sim.wait_op(op, 2 * SECOND)), "the retry is answered");
+    sim.converge_and_check(5 * SECOND)
+}
+
+#[test]
+fn retry_reaching_a_new_leader_that_holds_the_entry_is_executed_once() {
+    let violations = retry_at_new_leader(ReplicaMutation::None);
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn skipping_deduplication_is_caught() {
+    let violations = retry_at_new_leader(ReplicaMutation::SkipDedup);
+    assert!(
+        violations.iter().any(|v| v.starts_with("I4")),
+        "{violations:#?}"
+    );
+}
+
+// ----- the leader's application crashes mid-command --------------------------
+
+fn application_crash(mutation: ReplicaMutation) -> (Vec<String>, Option<Outcome>) {
+    let mut sim = sim(31, mutation);
+    let leader = sim.wait_for_ready_leader(2 * SECOND).expect("leader");
+    fund(&mut sim, leader);
+    sim.workload.app_crash = 1.0;
+    let op = sim.submit(
+        3,
+        LedgerCommand::Transfer {
+            from: 1,
+            to: 2,
+            amount: 40,
+        },
+        leader,
+    );
+    let crashed = sim.wait_op(op, SECOND);
+    sim.workload.app_crash = 0.0;
+    for i in 0..4u64 {
+        let op = sim.submit(
+            3,
+            LedgerCommand::Transfer {
+                from: 1,
+                to: 3,
+                amount: 5 + i,
+            },
+            leader,
+        );
+        sim.wait_op(op, SECOND);
+        let op = sim.submit(4, LedgerCommand::Balance { account: 1 }, leader);
+        sim.wait_op(op, SECOND);
+    }
+    (sim.converge_and_check(5 * SECOND), crashed)
+}
+
+#[test]
+fn application_crash_mid_command_leaves_nothing_behind() {
+    let (violations, crashed) = application_crash(ReplicaMutation::None);
+    assert_eq!(
+        crashed,
+        Some(Outcome::Failed),
+        "the client hears the application failed"
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn skipping_rollback_is_caught() {
+    let (violations, _) = application_crash(ReplicaMutation::SkipRollback);
+    assert!(
+        violations.iter().any(|v| v.starts_with("I3")),
+        "{violations:#?}"
+    );
+}
+
+// ----- a follower crashes in the middle of applying a delta ------------------
+
+#[test]
+fn follower_crash_in_the_middle_of_applying_a_delta() {
+    for ops_before_crash in [0, 1, 2, 3, 5, 8, 13, 21] {
+        let mut sim = sim(40 + ops_before_crash, ReplicaMutation::None);
+        let leader = sim.wait_for_ready_leader(2 * SECOND).expect("leader");
+        fund(&mut sim, leader);
+        let f = others(&sim, leader)[1];
+        sim.crash_tree_after_ops(f, ops_before_crash);
+        let op = sim.submit(
+            0,
+            LedgerCommand::Transfer {
+                from: 2,
+                to: 5,
+                amount: 60,
+            },
+            leader,
+        );
+        assert!(ok(&sim.wait_op(op, SECOND)));
+        sim.run_for(50 * MS);
+        assert_ne!(
+            sim.status(f),
+            Status::Up,
+            "the follower stopped on its storage failure"
+        );
+        sim.restart(f);
+        let violations = sim.converge_and_check(5 * SECOND);
+        assert!(
+            violations.is_empty(),
+            "crash after {ops_before_crash} ops: {violations:#?}"
+        );
+    }
+}
+
+// ----- a partitioned old leader asked for a read ----------------------------
+
+/// The old leader keeps believing it leads (CheckQuorum is switched off, to
+/// make the window as wide as possible): only the quorum check protects
+/// its readers.
+fn partitioned_old_leader_read(mutation: ReplicaMutation) -> (Vec<String>, Option<Outcome>) {
+    let opts = Options {
+        mutation: Mutation::SkipCheckQuorum,
+        ..Options::default()
+    };
+    let workload = Workload {
+        app_crash: 0.0,
+        large: 0.0,
+        mutation,
+        ..Workload::default()
+    };
+    let mut sim = ReplicaSim::new(51, 5, opts, Timing::default(), workload);
+    let old = sim.wait_for_ready_leader(2 * SECOND).expect("leader");
+    fund(&mut sim, old);
+    sim.isolate(old);
+    let new = new_ready_leader(&mut sim, old, 3 * SECOND);
+    let op = sim.submit(1, deposit(2, 250), new);
+    assert!(ok(&sim.wait_op(op, SECOND)));
+    sim.run_for(MS); // the read begins strictly after the write was answered
+    let read = sim.submit(2, LedgerCommand::Balance { account: 2 }, old);
+    sim.run_for(300 * MS);
+    let outcome = sim.history.operations[read].outcome.clone();
+    (sim.converge_and_check(5 * SECOND), outcome)
+}
+
+#[test]
+fn partitioned_old_leader_does_not_answer_a_read() {
+    let (violations, outcome) = partitioned_old_leader_read(ReplicaMutation::None);
+    assert!(!ok(&outcome), "the old leader must not answer: {outcome:?}");
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn answering_reads_without_the_quorum_check_is_caught() {
+    let (violations, outcome) = partitioned_old_leader_read(ReplicaMutation::ReadWithoutQuorum);
+    assert!(ok(&outcome));
+    assert!(
+        violations.iter().any(|v| v.starts_with("I5")),
+        "{violations:#?}"
+    );
+}
+
+// ----- a new leader runs nothing before its barrier ------------------------
+
+fn leader_change_under_load(mutation: ReplicaMutation) -> Vec<String> {
+    let mut sim = sim(61, mutation);
+    let old = sim.wait_for_ready_leader(2 * SECOND).expect("leader");
+    fund(&mut sim, old);
+    sim.start_clients();
+    sim.run_for(300 * MS);
+    sim.crash(old);
+    sim.run_for(SECOND);
+    sim.restart(old);
+    sim.run_for(SECOND);
+    sim.converge_and_check(5 * SECOND)
+}
+
+#[test]
+fn leader_change_under_load_keeps_every_answer() {
+    let violations = leader_change_under_load(ReplicaMutation::None);
+    assert!(violations.is_empty(), "{violations:#?}");
+}
