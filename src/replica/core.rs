@@ -242,6 +242,29 @@ pub enum Effect {
         index: Index,
         reason: String,
     },
+    /// Restart a long-running application before it runs anything else:
+    /// the working copy changed under it (rollback, snapshot) or it is about
+    /// to serve a new term from the committed state.
+    ResetApplication,
+}
+
+/// Counters of one replica, for metrics.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaStats {
+    pub commands_executed: u64,
+    pub commands_proposed: u64,
+    pub app_failures: u64,
+    pub rollbacks: u64,
+    pub entries_applied: u64,
+    pub delta_bytes_proposed: u64,
+    pub snapshots_sent: u64,
+    pub snapshots_installed: u64,
+    pub replies_ok: u64,
+    pub replies_not_leader: u64,
+    pub replies_unknown: u64,
+    pub replies_busy: u64,
+    pub replies_stale: u64,
+    pub replies_app_failed: u64,
 }
 
 /// A failure that stops this server incarnation (its storage failed or
@@ -357,6 +380,7 @@ pub struct Replica<L: LogStore, T: FileTree> {
     snapshot_queue: VecDeque<NodeId>,
     incoming: Option<Incoming>,
     effects: VecDeque<Effect>,
+    stats: ReplicaStats,
     stopped: bool,
 }
 
@@ -403,6 +427,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             snapshot_queue: VecDeque::new(),
             incoming: None,
             effects: VecDeque::new(),
+            stats: ReplicaStats::default(),
             stopped: false,
         };
         if !report.recovering {
@@ -470,6 +495,10 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             .as_ref()
             .map(|i| format!("from {} next {}", i.from, i.install.next_seq()));
         format!("out {out:?} queue {:?} in {inc:?}", self.snapshot_queue)
+    }
+
+    pub fn stats(&self) -> &ReplicaStats {
+        &self.stats
     }
 
     pub fn poll_effect(&mut self) -> Option<Effect> {
@@ -571,7 +600,10 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             }
             let request = executing.request;
             match outcome {
-                ExecOutcome::Failed { reason } => r.command_failed(request, reason)?,
+                ExecOutcome::Failed { reason } => {
+                    r.stats.app_failures += 1;
+                    r.command_failed(request, reason)?
+                }
                 ExecOutcome::Done { response, .. } if response.len() > r.cfg.response_bytes_max => {
                     let reason = format!(
                         "response of {} bytes exceeds the limit of {}",
@@ -616,7 +648,20 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         self.effects.push_back(Effect::Send(msg));
     }
 
+    fn count_reply(&mut self, reply: &Reply) {
+        let s = &mut self.stats;
+        match reply {
+            Reply::Ok { .. } => s.replies_ok += 1,
+            Reply::NotLeader { .. } => s.replies_not_leader += 1,
+            Reply::Unknown => s.replies_unknown += 1,
+            Reply::Busy => s.replies_busy += 1,
+            Reply::Stale { .. } => s.replies_stale += 1,
+            Reply::AppFailed { .. } => s.replies_app_failed += 1,
+        }
+    }
+
     fn reply(&mut self, request: &Request, reply: Reply) {
+        self.count_reply(&reply);
         self.effects.push_back(Effect::Reply {
             ctx: request.ctx,
             client: request.client,
@@ -626,6 +671,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
     }
 
     fn reply_to(&mut self, waiter: (u64, ClientId, u64), reply: Reply) {
+        self.count_reply(&reply);
         self.effects.push_back(Effect::Reply {
             ctx: waiter.0,
             client: waiter.1,
@@ -717,12 +763,14 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         let mode = self.engine.status().mode;
         let skip = self.cfg.mutation == ReplicaMutation::SkipRollback && mode == Mode::Speculative;
         if mode != Mode::Mirrored && !skip {
-            self.engine.rollback()?;
+            self.rollback_working_copy()?;
         }
         let generation = self.sessions.generation();
         let l = self.leading.as_mut().expect("leading");
         l.ready = true;
         l.generation = generation;
+        // The application starts this term from the committed state.
+        self.effects.push_back(Effect::ResetApplication);
         self.pump()
     }
 
@@ -760,11 +808,21 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         self.rollback_if_due()
     }
 
+    /// Returns the working copy to the committed state, and asks the
+    /// driver to restart a long-running application, whose memory may hold
+    /// state that is no longer in its files.
+    fn rollback_working_copy(&mut self) -> Result<(), ReplicaError> {
+        self.engine.rollback()?;
+        self.stats.rollbacks += 1;
+        self.effects.push_back(Effect::ResetApplication);
+        Ok(())
+    }
+
     fn rollback_if_due(&mut self) -> Result<(), ReplicaError> {
         if self.rollback_due && self.executing.is_none() {
             self.rollback_due = false;
             if self.diverged.is_none() && self.cfg.mutation != ReplicaMutation::SkipRollback {
-                self.engine.rollback()?;
+                self.rollback_working_copy()?;
             }
         }
         Ok(())
@@ -819,6 +877,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             }
             let id = self.next_exec;
             self.next_exec += 1;
+            self.stats.commands_executed += 1;
             self.effects.push_back(Effect::Execute {
                 id,
                 command: request.command.clone(),
@@ -887,8 +946,11 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             };
             payloads.push(entry.encode());
         }
+        let delta_bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
         match self.raft.propose_batch(&payloads) {
             Ok(range) => {
+                self.stats.commands_proposed += 1;
+                self.stats.delta_bytes_proposed += delta_bytes;
                 let l = self.leading.as_mut().expect("leading");
                 l.last_proposed = range.last.index;
                 l.spec.insert(request.client, request.seq);
@@ -999,7 +1061,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             return Ok(());
         }
         if self.cfg.mutation != ReplicaMutation::SkipRollback {
-            self.engine.rollback()?;
+            self.rollback_working_copy()?;
         }
         let generation = self.sessions.generation();
         let l = self.leading.as_mut().expect("leading");
@@ -1251,6 +1313,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             Err(e) => return Err(e.into()),
         };
         self.next_transfer = self.next_transfer.wrapping_add(1);
+        self.stats.snapshots_sent += 1;
         self.outgoing = Some(Outgoing {
             peer: to,
             transfer: self.next_transfer,
@@ -1465,6 +1528,8 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
     fn installed(&mut self, at: LogId) -> Result<(), ReplicaError> {
         let membership = self.raft.membership().clone();
         self.raft.handle_snapshot_installed(at, membership)?;
+        self.stats.snapshots_installed += 1;
+        self.effects.push_back(Effect::ResetApplication);
         self.applied = self.applied.max(at.index);
         self.reload_sessions()?;
         if self.diverged.take().is_some() {

@@ -643,6 +643,7 @@ impl ReplicaSim {
                 self.history.note_commit(index);
                 self.record_committed(id, index);
             }
+            Effect::ResetApplication => {}
             Effect::Diverged { index, reason } => {
                 self.checker.fail(format!(
                     "I2: server {id} diverged at entry {index}: {reason}"
