@@ -8,10 +8,12 @@
 //!   commit, rollback, sessions) joining the core, the log and the engine.
 //! - [`sim`]: the deterministic simulator that drives the real core through
 //!   crashes, torn writes, partitions and selective packet loss.
+//! - [`server`]: `bunker serve`: the replica over real files, sockets and processes.
 //! - [`wire`]: the versioned wire encoding of consensus messages.
 
 pub mod delta;
 pub mod raft;
 pub mod replica;
+pub mod server;
 pub mod sim;
 pub mod wire;
