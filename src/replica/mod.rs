@@ -44,7 +44,7 @@ pub mod session;
 
 pub use self::core::{
     Effect, ExecOutcome, PeerMessage, Replica, ReplicaConfig, ReplicaError, ReplicaMutation,
-    ReplicaSetup, Reply, Request,
+    ReplicaSetup, ReplicaStats, Reply, Request,
 };
 pub use entry::{ClientId, CommandEntry, ReplicaEntry};
 pub use session::{Session, SessionTable, SESSIONS_DIR};

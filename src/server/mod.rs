@@ -11,5 +11,6 @@
 
 pub mod config;
 pub mod metrics;
+pub mod node;
 
 pub use config::{AppMode, ConfigError, NodeConfig};
