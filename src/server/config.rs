@@ -107,6 +107,9 @@ pub struct PeerConfig {
     pub id: NodeId,
     pub peer: SocketAddr,
     pub client: SocketAddr,
+    /// The server's metrics address, for `bunker status`.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

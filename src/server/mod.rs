@@ -12,5 +12,7 @@
 pub mod config;
 pub mod metrics;
 pub mod node;
+pub mod open;
+pub mod status;
 
 pub use config::{AppMode, ConfigError, NodeConfig};
