@@ -9,9 +9,15 @@
 //! - [`sim`]: the deterministic simulator that drives the real core through
 //!   crashes, torn writes, partitions and selective packet loss.
 //! - [`server`]: `bunker serve`: the replica over real files, sockets and processes.
+//! - [`demo`]: `bunker demo`, five real servers under a crash and the
+//!   destruction of two, with every acknowledged command checked.
+//! - [`accounts`]: the example application, built into the `bunker` executable.
 //! - [`wire`]: the versioned wire encoding of consensus messages.
 
+pub mod accounts;
+pub mod blob;
 pub mod delta;
+pub mod demo;
 pub mod raft;
 pub mod replica;
 pub mod server;

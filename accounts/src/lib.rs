@@ -16,6 +16,7 @@
 //! changes in its directory between commands.
 
 pub mod app;
+pub mod cli;
 pub mod command;
 pub mod fee;
 pub mod frame;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod accounts;
 mod delta;
+mod e2e;
 mod log;
 
 #[derive(Parser)]
@@ -30,6 +31,9 @@ enum Command {
     /// Example application: per-command latency of bunker-accounts in exec
     /// and serve modes, against the same commands in process.
     Accounts(accounts::AccountsArgs),
+    /// Real clusters end to end: 5 servers against 1 server (no
+    /// replication), blob and accounts applications, 1/8/64 clients.
+    E2e(e2e::E2eArgs),
 }
 
 fn main() {
@@ -45,6 +49,12 @@ fn main() {
         Command::Log(args) => {
             if let Err(e) = log::run(args) {
                 eprintln!("bunker-bench log: {e}");
+                std::process::exit(1);
+            }
+        }
+        Command::E2e(args) => {
+            if let Err(e) = e2e::run(args) {
+                eprintln!("bunker-bench e2e: {e}");
                 std::process::exit(1);
             }
         }

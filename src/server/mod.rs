@@ -13,6 +13,7 @@ pub mod config;
 pub mod metrics;
 pub mod node;
 pub mod open;
+pub mod serve;
 pub mod status;
 
 pub use config::{AppMode, ConfigError, NodeConfig};

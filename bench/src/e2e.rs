@@ -1,0 +1,233 @@
+//! `bunker-bench e2e`: end-to-end throughput and latency of real clusters.
+//!
+//! For each application (`blob`: every command changes 256 bytes of one
+//! file; `accounts`: a SQLite transfer) it starts, in the same run, a
+//! five-server cluster and a one-server cluster (no replication, the same
+//! log, the same sync policy, the same TLS path) of real `bunker serve`
+//! processes on loopback, then for each client count runs closed-loop
+//! clients (one TLS connection each, one command in flight each) against
+//! the five-server cluster and then the one-server cluster, alternating, and
+//! prints throughput, hdrhistogram percentiles and the ratio
+//! five-server / one-server. JSON with every figure goes to `--json`.
+//!
+//! What it does not do: compare with other systems (`bunker-bench anchors`,
+//! a later issue) or inject faults.
+
+use bunker::client::{BlockingClient, ClientConfig};
+use bunker::demo::{AppSpec, LocalCluster};
+use bytes::Bytes;
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct E2eArgs {
+    /// Client counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    clients: Vec<usize>,
+    /// Seconds of load per point.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Applications: blob, accounts.
+    #[arg(long, value_delimiter = ',', default_value = "blob,accounts")]
+    apps: Vec<String>,
+    /// The `bunker` executable (default: next to this one).
+    #[arg(long)]
+    bunker: Option<PathBuf>,
+    /// Where the clusters live (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Write every figure as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// A quick run for CI: 1 and 4 clients, 2 s per point, blob only.
+    #[arg(long)]
+    smoke: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Point {
+    app: String,
+    servers: u64,
+    clients: usize,
+    seconds: f64,
+    commands: u64,
+    errors: u64,
+    per_second: f64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+}
+
+pub fn run(mut args: E2eArgs) -> Result<(), String> {
+    if args.smoke {
+        args.clients = vec![1, 4];
+        args.seconds = 2;
+        args.apps = vec!["blob".into()];
+    }
+    let exe = match &args.bunker {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("bunker"),
+    };
+    if !exe.exists() {
+        return Err(format!(
+            "{} not found: build it first (cargo build --release -p bunker) or pass --bunker",
+            exe.display()
+        ));
+    }
+    let root = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("bunker-e2e-{}", std::process::id())));
+    let mut points = Vec::new();
+    for app in &args.apps {
+        if app != "blob" && app != "accounts" {
+            return Err(format!("unknown application {app:?} (blob, accounts)"));
+        }
+        let mut five = start(&root.join(format!("{app}-5")), &exe, 5, app)?;
+        let mut one = start(&root.join(format!("{app}-1")), &exe, 1, app)?;
+        for &clients in &args.clients {
+            for cluster in [&mut five, &mut one] {
+                let servers = cluster.addrs.len() as u64;
+                let point = measure(cluster, app, servers, clients, Duration::from_secs(args.seconds))?;
+                print_point(&point);
+                points.push(point);
+            }
+            let n = points.len();
+            let (p5, p1) = (&points[n - 2], &points[n - 1]);
+            println!(
+                "  ratio 5 servers / 1 server at {clients} clients: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
+                p5.per_second / p1.per_second.max(1e-9),
+                p5.p50_us as f64 / p1.p50_us.max(1) as f64,
+                p5.p99_us as f64 / p1.p99_us.max(1) as f64
+            );
+        }
+        five.stop_all();
+        one.stop_all();
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&points).map_err(|e| e.to_string())?;
+        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn start(dir: &std::path::Path, exe: &std::path::Path, servers: u64, app: &str) -> Result<LocalCluster, String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let spec = AppSpec {
+        name: app.to_string(),
+        exec_mode: false,
+    };
+    let mut cluster = LocalCluster::create(dir, exe, servers, spec).map_err(|e| e.to_string())?;
+    cluster.start_all().map_err(|e| e.to_string())?;
+    cluster.wait_for_leader(&[]).map_err(|e| e.to_string())?;
+    if app == "accounts" {
+        let mut admin = BlockingClient::connect(cluster.client_config()).map_err(|e| e.to_string())?;
+        for i in 0..256 {
+            admin
+                .call(Bytes::from(format!("open a{i} 1000000000")))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(cluster)
+}
+
+fn command(app: &str, client: usize, n: u64) -> Bytes {
+    match app {
+        "accounts" => {
+            // Each client moves money between its own pair of accounts, so
+            // that no transfer is refused for lack of funds.
+            let from = (client * 2) % 256;
+            let (a, b) = if n % 2 == 0 { (from, from + 1) } else { (from + 1, from) };
+            Bytes::from(format!("transfer a{a} a{b} 1 ref=c{client}-{n}"))
+        }
+        _ => {
+            let mut s = format!("c{client}-{n}-");
+            while s.len() < 256 {
+                s.push('x');
+            }
+            Bytes::from(s)
+        }
+    }
+}
+
+fn measure(
+    cluster: &LocalCluster,
+    app: &str,
+    servers: u64,
+    clients: usize,
+    length: Duration,
+) -> Result<Point, String> {
+    let cfg: ClientConfig = cluster.client_config();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let (cfg, stop, app) = (cfg.clone(), stop.clone(), app.to_string());
+            std::thread::spawn(move || -> Result<(Histogram<u64>, u64), String> {
+                let mut h = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+                let mut client = BlockingClient::connect(cfg).map_err(|e| e.to_string())?;
+                let mut errors = 0;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let t = Instant::now();
+                    match client.call(command(&app, c, n)) {
+                        Ok(_) => {
+                            let _ = h.record(t.elapsed().as_micros() as u64);
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+                Ok((h, errors))
+            })
+        })
+        .collect();
+    std::thread::sleep(length);
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    let mut errors = 0;
+    for t in threads {
+        let (h, e) = t.join().map_err(|_| "a client thread panicked".to_string())??;
+        all.add(&h).map_err(|e| e.to_string())?;
+        errors += e;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Point {
+        app: app.to_string(),
+        servers,
+        clients,
+        seconds,
+        commands: all.len(),
+        errors,
+        per_second: all.len() as f64 / seconds,
+        p50_us: all.value_at_quantile(0.5),
+        p99_us: all.value_at_quantile(0.99),
+        p999_us: all.value_at_quantile(0.999),
+        max_us: all.max(),
+    })
+}
+
+fn print_point(p: &Point) {
+    println!(
+        "{:<9} {} server(s) {:>3} clients: {:>8.0} cmd/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>7.2} ms  errors {}",
+        p.app,
+        p.servers,
+        p.clients,
+        p.per_second,
+        p.p50_us as f64 / 1e3,
+        p.p99_us as f64 / 1e3,
+        p.p999_us as f64 / 1e3,
+        p.max_us as f64 / 1e3,
+        p.errors
+    );
+}
