@@ -51,16 +51,25 @@ pub fn run_command(command: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut record = [0u8; SLOT_BYTES];
     let n = command.len().min(SLOT_BYTES);
     record[..n].copy_from_slice(&command[..n]);
-    let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(FILE)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(FILE)?;
     file.write_all_at(&record, slot * SLOT_BYTES as u64)?;
     Ok(format!("ok {slot}").into_bytes())
 }
 
 fn exec() -> std::io::Result<()> {
     let mut command = Vec::new();
-    std::io::stdin().take(COMMAND_BYTES_MAX as u64 + 1).read_to_end(&mut command)?;
+    std::io::stdin()
+        .take(COMMAND_BYTES_MAX as u64 + 1)
+        .read_to_end(&mut command)?;
     if command.len() > COMMAND_BYTES_MAX {
-        return Err(std::io::Error::other(format!("command larger than {COMMAND_BYTES_MAX} bytes")));
+        return Err(std::io::Error::other(format!(
+            "command larger than {COMMAND_BYTES_MAX} bytes"
+        )));
     }
     let response = run_command(&command)?;
     std::io::stdout().write_all(&response)

@@ -15,11 +15,14 @@
 //! - [`wire`]: the versioned wire encoding of consensus messages.
 
 pub mod accounts;
+pub mod app;
 pub mod blob;
+pub mod client;
 pub mod delta;
 pub mod demo;
 pub mod raft;
 pub mod replica;
 pub mod server;
 pub mod sim;
+pub mod transport;
 pub mod wire;

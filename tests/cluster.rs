@@ -19,9 +19,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 fn cluster(name: &str, servers: u64) -> (tempfile::TempDir, LocalCluster) {
-    let tmp = tempfile::Builder::new().prefix(name).tempdir().expect("tempdir");
+    let tmp = tempfile::Builder::new()
+        .prefix(name)
+        .tempdir()
+        .expect("tempdir");
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_bunker"));
-    let mut c = LocalCluster::create(tmp.path(), &exe, servers, AppSpec::accounts(false)).expect("create cluster");
+    let mut c = LocalCluster::create(tmp.path(), &exe, servers, AppSpec::accounts(false))
+        .expect("create cluster");
     c.start_all().expect("start");
     c.wait_for_leader(&[]).expect("a leader");
     (tmp, c)
@@ -31,7 +35,8 @@ fn call(client: &mut BlockingClient, command: &str) -> serde_json::Value {
     let r = client
         .call(Bytes::from(command.to_string()))
         .unwrap_or_else(|e| panic!("{command}: {e}"));
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{command}: not JSON ({e}): {:?}", r.body))
+    serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("{command}: not JSON ({e}): {:?}", r.body))
 }
 
 fn balance(client: &mut BlockingClient, account: &str) -> u64 {
@@ -74,7 +79,7 @@ fn normal_run_leader_kill_restart_and_two_destroyed() {
     assert_eq!(call(&mut client, "open alice 1000")["ok"], true);
     assert_eq!(call(&mut client, "open bob 0")["ok"], true);
     let mut expected = 1000;
-    let mut deposit = |client: &mut BlockingClient, expected: &mut u64, n: u64| {
+    let deposit = |client: &mut BlockingClient, expected: &mut u64, n: u64| {
         for _ in 0..n {
             assert_eq!(call(client, "deposit alice 10")["ok"], true);
             *expected += 10;
@@ -99,7 +104,11 @@ fn normal_run_leader_kill_restart_and_two_destroyed() {
 
     // Two servers destroyed at the same instant: three go on.
     let leader = c.wait_for_leader(&[]).expect("leader");
-    let follower = *c.running().iter().find(|id| **id != leader).expect("a follower");
+    let follower = *c
+        .running()
+        .iter()
+        .find(|id| **id != leader)
+        .expect("a follower");
     c.destroy(&[leader, follower]).expect("destroy");
     deposit(&mut client, &mut expected, 20);
     assert_eq!(balance(&mut client, "alice"), expected);
@@ -114,8 +123,12 @@ fn normal_run_leader_kill_restart_and_two_destroyed() {
 fn a_client_certificate_from_another_ca_is_refused() {
     let (tmp, c) = cluster("bunker-certs-", 3);
     let rogue = tmp.path().join("rogue");
-    bunker::transport::certs::generate(&rogue, &[(1, vec!["127.0.0.1".into()])], &["demo".to_string()])
-        .expect("rogue certificates");
+    bunker::transport::certs::generate(
+        &rogue,
+        &[(1, vec!["127.0.0.1".into()])],
+        &["demo".to_string()],
+    )
+    .expect("rogue certificates");
     let good = c.client_config();
     let bad = ClientConfig {
         ca: good.ca.clone(),
@@ -126,8 +139,12 @@ fn a_client_certificate_from_another_ca_is_refused() {
         total_timeout_ms: 5_000,
         ..good.clone()
     };
-    let refused = BlockingClient::connect(bad).and_then(|mut b| b.call(Bytes::from_static(b"audit")));
-    assert!(refused.is_err(), "a client with a foreign certificate was served");
+    let refused =
+        BlockingClient::connect(bad).and_then(|mut b| b.call(Bytes::from_static(b"audit")));
+    assert!(
+        refused.is_err(),
+        "a client with a foreign certificate was served"
+    );
     let mut client = BlockingClient::connect(good).expect("connect");
     assert_eq!(call(&mut client, "audit")["ok"], true);
 }

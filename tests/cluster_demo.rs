@@ -28,12 +28,24 @@ fn demo_survives_a_crash_and_two_destroyed_servers_with_nothing_lost() {
     println!("{text}");
     assert!(ok, "bunker demo failed:\n{text}");
     assert!(text.contains("PASS"), "{text}");
-    assert!(text.contains("nuclear strike"), "the destruction did not happen:\n{text}");
+    assert!(
+        text.contains("nuclear strike"),
+        "the destruction did not happen:\n{text}"
+    );
 }
 
 #[test]
 fn demo_with_the_exec_adapter_passes_calm() {
-    let (ok, text) = demo(&["--seconds", "5", "--clients", "2", "--accounts", "4", "--exec-mode", "--calm"]);
+    let (ok, text) = demo(&[
+        "--seconds",
+        "5",
+        "--clients",
+        "2",
+        "--accounts",
+        "4",
+        "--exec-mode",
+        "--calm",
+    ]);
     println!("{text}");
     assert!(ok, "bunker demo --exec-mode failed:\n{text}");
 }

@@ -14,7 +14,12 @@ fn every_example_configuration_parses_and_agrees_on_the_cluster() {
         assert_eq!(cfg.id, id, "{}", path.display());
         assert_eq!(cfg.peers.len(), 5, "{}", path.display());
         let me = cfg.peer(id).expect("each server is in its own peer list");
-        assert_eq!(me.peer, cfg.listen.peer, "{}: listen.peer differs from its [[peers]] entry", path.display());
+        assert_eq!(
+            me.peer,
+            cfg.listen.peer,
+            "{}: listen.peer differs from its [[peers]] entry",
+            path.display()
+        );
         assert_eq!(me.client, cfg.listen.client, "{}", path.display());
         let peers: Vec<_> = cfg.peers.iter().map(|p| (p.id, p.peer, p.client)).collect();
         match &peers_seen {

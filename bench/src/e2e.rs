@@ -96,7 +96,13 @@ pub fn run(mut args: E2eArgs) -> Result<(), String> {
         for &clients in &args.clients {
             for cluster in [&mut five, &mut one] {
                 let servers = cluster.addrs.len() as u64;
-                let point = measure(cluster, app, servers, clients, Duration::from_secs(args.seconds))?;
+                let point = measure(
+                    cluster,
+                    app,
+                    servers,
+                    clients,
+                    Duration::from_secs(args.seconds),
+                )?;
                 print_point(&point);
                 points.push(point);
             }
@@ -120,7 +126,12 @@ pub fn run(mut args: E2eArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn start(dir: &std::path::Path, exe: &std::path::Path, servers: u64, app: &str) -> Result<LocalCluster, String> {
+fn start(
+    dir: &std::path::Path,
+    exe: &std::path::Path,
+    servers: u64,
+    app: &str,
+) -> Result<LocalCluster, String> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let spec = AppSpec {
@@ -131,7 +142,8 @@ fn start(dir: &std::path::Path, exe: &std::path::Path, servers: u64, app: &str) 
     cluster.start_all().map_err(|e| e.to_string())?;
     cluster.wait_for_leader(&[]).map_err(|e| e.to_string())?;
     if app == "accounts" {
-        let mut admin = BlockingClient::connect(cluster.client_config()).map_err(|e| e.to_string())?;
+        let mut admin =
+            BlockingClient::connect(cluster.client_config()).map_err(|e| e.to_string())?;
         for i in 0..256 {
             admin
                 .call(Bytes::from(format!("open a{i} 1000000000")))
@@ -147,7 +159,11 @@ fn command(app: &str, client: usize, n: u64) -> Bytes {
             // Each client moves money between its own pair of accounts, so
             // that no transfer is refused for lack of funds.
             let from = (client * 2) % 256;
-            let (a, b) = if n % 2 == 0 { (from, from + 1) } else { (from + 1, from) };
+            let (a, b) = if n.is_multiple_of(2) {
+                (from, from + 1)
+            } else {
+                (from + 1, from)
+            };
             Bytes::from(format!("transfer a{a} a{b} 1 ref=c{client}-{n}"))
         }
         _ => {
@@ -197,7 +213,9 @@ fn measure(
     let mut all = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let mut errors = 0;
     for t in threads {
-        let (h, e) = t.join().map_err(|_| "a client thread panicked".to_string())??;
+        let (h, e) = t
+            .join()
+            .map_err(|_| "a client thread panicked".to_string())??;
         all.add(&h).map_err(|e| e.to_string())?;
         errors += e;
     }

@@ -186,9 +186,16 @@ fn run_status(config: Option<PathBuf>, metrics: Vec<(u64, SocketAddr)>) -> ExitC
     let targets = match config {
         Some(path) => match NodeConfig::load(&path) {
             Ok(cfg) => {
-                let targets: Vec<_> = cfg.peers.iter().filter_map(|p| p.metrics.map(|m| (p.id, m))).collect();
+                let targets: Vec<_> = cfg
+                    .peers
+                    .iter()
+                    .filter_map(|p| p.metrics.map(|m| (p.id, m)))
+                    .collect();
                 if targets.is_empty() {
-                    eprintln!("bunker status: {}: no [[peers]] entry has a `metrics` address", path.display());
+                    eprintln!(
+                        "bunker status: {}: no [[peers]] entry has a `metrics` address",
+                        path.display()
+                    );
                     return ExitCode::from(2);
                 }
                 targets

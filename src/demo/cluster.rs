@@ -11,9 +11,8 @@
 //! does, inside a network namespace), or hide a server's failure: a process
 //! that exits on its own is reported by `exited`.
 
-use super::{io_err, say, DemoError};
+use super::{io_err, DemoError};
 use crate::client::ClientConfig;
-use crate::server::metrics::Status;
 use crate::server::status::{fetch_status, render};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -66,7 +65,12 @@ impl AppSpec {
 
 impl LocalCluster {
     /// Prepares (does not start) a cluster of `servers` servers.
-    pub fn create(dir: &Path, exe: &Path, servers: u64, app: AppSpec) -> Result<LocalCluster, DemoError> {
+    pub fn create(
+        dir: &Path,
+        exe: &Path,
+        servers: u64,
+        app: AppSpec,
+    ) -> Result<LocalCluster, DemoError> {
         let addrs = free_addrs(dir, servers)?;
         let certs = dir.join("certs");
         let nodes: Vec<(u64, Vec<String>)> = (1..=servers)
@@ -102,16 +106,40 @@ impl LocalCluster {
         let mut text = String::new();
         let _ = writeln!(text, "# bunker demo: server {id} of {}", self.addrs.len());
         let _ = writeln!(text, "id = {id}");
-        let _ = writeln!(text, "data_dir = {:?}", self.data_dir(id).display().to_string());
+        let _ = writeln!(
+            text,
+            "data_dir = {:?}",
+            self.data_dir(id).display().to_string()
+        );
         let _ = writeln!(text, "\n[listen]");
-        let _ = writeln!(text, "peer = \"{}\"\nclient = \"{}\"\nmetrics = \"{}\"", me.peer, me.client, me.metrics);
+        let _ = writeln!(
+            text,
+            "peer = \"{}\"\nclient = \"{}\"\nmetrics = \"{}\"",
+            me.peer, me.client, me.metrics
+        );
         let _ = writeln!(text, "\n[tls]");
-        let _ = writeln!(text, "ca = {:?}", certs.join("ca.pem").display().to_string());
-        let _ = writeln!(text, "cert = {:?}", certs.join(format!("node-{id}.pem")).display().to_string());
-        let _ = writeln!(text, "key = {:?}", certs.join(format!("node-{id}.key")).display().to_string());
+        let _ = writeln!(
+            text,
+            "ca = {:?}",
+            certs.join("ca.pem").display().to_string()
+        );
+        let _ = writeln!(
+            text,
+            "cert = {:?}",
+            certs.join(format!("node-{id}.pem")).display().to_string()
+        );
+        let _ = writeln!(
+            text,
+            "key = {:?}",
+            certs.join(format!("node-{id}.key")).display().to_string()
+        );
         for (peer, a) in &self.addrs {
             let _ = writeln!(text, "\n[[peers]]\nid = {peer}");
-            let _ = writeln!(text, "peer = \"{}\"\nclient = \"{}\"\nmetrics = \"{}\"", a.peer, a.client, a.metrics);
+            let _ = writeln!(
+                text,
+                "peer = \"{}\"\nclient = \"{}\"\nmetrics = \"{}\"",
+                a.peer, a.client, a.metrics
+            );
         }
         let mode = if self.app.exec_mode { "exec" } else { "serve" };
         let _ = writeln!(text, "\n[app]\nmode = \"{mode}\"");
@@ -124,7 +152,10 @@ impl LocalCluster {
         );
         // A small log: the demo writes little, and creating the file
         // pre-writes every segment. The demo directory may sit on tmpfs.
-        let _ = writeln!(text, "\n[log]\nsegment_mib = 16\nsegment_count = 4\nallow_volatile = true");
+        let _ = writeln!(
+            text,
+            "\n[log]\nsegment_mib = 16\nsegment_count = 4\nallow_volatile = true"
+        );
         text
     }
 
@@ -140,7 +171,10 @@ impl LocalCluster {
             .arg("serve")
             .arg("--config")
             .arg(self.config_path(id))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -152,7 +186,12 @@ impl LocalCluster {
 
     /// Starts every server that is not running.
     pub fn start_all(&mut self) -> Result<(), DemoError> {
-        let ids: Vec<u64> = self.addrs.keys().copied().filter(|id| !self.children.contains_key(id)).collect();
+        let ids: Vec<u64> = self
+            .addrs
+            .keys()
+            .copied()
+            .filter(|id| !self.children.contains_key(id))
+            .collect();
         for id in ids {
             self.start(id)?;
         }
@@ -196,7 +235,10 @@ impl LocalCluster {
 
     /// Kills every server of `ids` at once, then deletes their data.
     pub fn destroy(&mut self, ids: &[u64]) -> Result<(), DemoError> {
-        let mut victims: Vec<Child> = ids.iter().filter_map(|id| self.children.remove(id)).collect();
+        let mut victims: Vec<Child> = ids
+            .iter()
+            .filter_map(|id| self.children.remove(id))
+            .collect();
         for child in &mut victims {
             let _ = child.kill();
         }
@@ -215,7 +257,10 @@ impl LocalCluster {
     /// bounded wait.
     pub fn stop_all(&mut self) {
         for child in self.children.values() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for (_, mut child) in std::mem::take(&mut self.children) {
@@ -304,7 +349,6 @@ pub fn free_addrs(dir: &Path, servers: u64) -> Result<BTreeMap<u64, Addrs>, Demo
     }
     Ok(addrs)
 }
-
 
 impl Drop for LocalCluster {
     /// A cluster never outlives its owner: a failing test or an error in

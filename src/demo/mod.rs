@@ -29,8 +29,8 @@ use crate::client::{BlockingClient, ClientConfig, ClientError};
 use crate::server::status::{fetch_status, render};
 pub mod cluster;
 
-pub use cluster::{AppSpec, LocalCluster, SERVERS, WAIT_MAX};
 use bytes::Bytes;
+pub use cluster::{AppSpec, LocalCluster, SERVERS, WAIT_MAX};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -113,7 +113,8 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
     }
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     say(&format!("demo directory: {}", dir.display()));
-    let mut cluster = LocalCluster::create(&dir, &opts.exe, SERVERS, AppSpec::accounts(opts.exec_mode))?;
+    let mut cluster =
+        LocalCluster::create(&dir, &opts.exe, SERVERS, AppSpec::accounts(opts.exec_mode))?;
     let result = drive(&mut cluster, opts);
     cluster.stop_all();
     if !opts.keep {
@@ -140,7 +141,11 @@ fn drive(cluster: &mut LocalCluster, opts: &DemoOptions) -> Result<DemoReport, D
             )));
         }
     }
-    say(&format!("opened {} accounts of {} cents each", names.len(), OPENING_CENTS));
+    say(&format!(
+        "opened {} accounts of {} cents each",
+        names.len(),
+        OPENING_CENTS
+    ));
     let work = Workload::start(&client_cfg, opts.clients, names.clone());
     let third = Duration::from_secs(opts.seconds) / 3;
     let started = Instant::now();
@@ -148,7 +153,9 @@ fn drive(cluster: &mut LocalCluster, opts: &DemoOptions) -> Result<DemoReport, D
     if !opts.calm {
         work.wait(third, cluster);
         let follower = cluster.pick_follower(&[])?;
-        say(&format!("crash: SIGKILL server {follower}, then restart it"));
+        say(&format!(
+            "crash: SIGKILL server {follower}, then restart it"
+        ));
         cluster.kill(follower);
         std::thread::sleep(Duration::from_millis(500));
         cluster.start(follower)?;
@@ -263,7 +270,9 @@ impl Workload {
     fn wait(&self, duration: Duration, cluster: &LocalCluster) {
         let until = Instant::now() + duration;
         while Instant::now() < until {
-            std::thread::sleep(Duration::from_secs(1).min(until.saturating_duration_since(Instant::now())));
+            std::thread::sleep(
+                Duration::from_secs(1).min(until.saturating_duration_since(Instant::now())),
+            );
             let leader = cluster
                 .statuses()
                 .into_iter()
@@ -343,7 +352,13 @@ fn client_loop(
             n += 1;
             let reference = format!("c{c}-{n}");
             let cents = 1 + next() % 5_000;
-            (format!("transfer {} {} {cents} ref={reference}", names[from], names[to]), Some(reference))
+            (
+                format!(
+                    "transfer {} {} {cents} ref={reference}",
+                    names[from], names[to]
+                ),
+                Some(reference),
+            )
         };
         let sent = Instant::now();
         let result = client.call(Bytes::from(command));
@@ -471,22 +486,29 @@ fn find_worker(
         let count = serde_json::from_slice::<serde_json::Value>(&r.body)
             .ok()
             .and_then(|v| v.get("count").and_then(|c| c.as_u64()));
-        let ok = match (kind, count) {
-            ("acked", Some(1)) | ("refused", Some(0)) | ("unknown", Some(0 | 1)) => true,
-            _ => false,
-        };
+        let ok = matches!(
+            (kind, count),
+            ("acked", Some(1)) | ("refused", Some(0)) | ("unknown", Some(0 | 1))
+        );
         if !ok {
-            problems.lock().unwrap_or_else(|e| e.into_inner()).push(format!(
-                "LOST OR DUPLICATED: transfer {reference} ({kind}) found {count:?} times: {}",
-                String::from_utf8_lossy(&r.body)
-            ));
+            problems
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!(
+                    "LOST OR DUPLICATED: transfer {reference} ({kind}) found {count:?} times: {}",
+                    String::from_utf8_lossy(&r.body)
+                ));
         }
     }
 }
 
 /// `audit` through the cluster: money conserved, ledger consistent, and
 /// the total equal to the opening balances (the workload only transfers).
-fn check_audit(admin: &mut BlockingClient, accounts: u64, report: &mut DemoReport) -> Result<(), DemoError> {
+fn check_audit(
+    admin: &mut BlockingClient,
+    accounts: u64,
+    report: &mut DemoReport,
+) -> Result<(), DemoError> {
     let r = admin.call(Bytes::from_static(b"audit"))?;
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
     let expected = accounts * OPENING_CENTS;
@@ -506,9 +528,17 @@ fn check_audit(admin: &mut BlockingClient, accounts: u64, report: &mut DemoRepor
 
 /// The survivors reach the same applied index and state hash, and their
 /// committed directories hold the same bytes.
-fn check_replicas(cluster: &LocalCluster, destroyed: &[u64], report: &mut DemoReport) -> Result<(), DemoError> {
+fn check_replicas(
+    cluster: &LocalCluster,
+    destroyed: &[u64],
+    report: &mut DemoReport,
+) -> Result<(), DemoError> {
     let deadline = Instant::now() + WAIT_MAX;
-    let survivors: Vec<u64> = cluster.children.keys().copied().filter(|id| !destroyed.contains(id)).collect();
+    let survivors: Vec<u64> = cluster
+        .running()
+        .into_iter()
+        .filter(|id| !destroyed.contains(id))
+        .collect();
     loop {
         let rows = cluster.statuses();
         let states: Vec<_> = rows
@@ -529,7 +559,9 @@ fn check_replicas(cluster: &LocalCluster, destroyed: &[u64], report: &mut DemoRe
             break;
         }
         if Instant::now() > deadline {
-            report.failures.push(format!("REPLICAS DID NOT CONVERGE:\n{}", render(&rows)));
+            report
+                .failures
+                .push(format!("REPLICAS DID NOT CONVERGE:\n{}", render(&rows)));
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -539,14 +571,17 @@ fn check_replicas(cluster: &LocalCluster, destroyed: &[u64], report: &mut DemoRe
         let files = committed_files(&cluster.data_dir(id).join("state"))?;
         match &reference {
             None => reference = Some((id, files)),
-            Some((first, theirs)) if *theirs != files => report
-                .failures
-                .push(format!("FILES DIFFER between server {first} and server {id}")),
+            Some((first, theirs)) if *theirs != files => report.failures.push(format!(
+                "FILES DIFFER between server {first} and server {id}"
+            )),
             Some(_) => {}
         }
     }
     if let Some((_, files)) = reference {
-        say(&format!("replicas: committed files byte-identical on the survivors ({} files)", files.len()));
+        say(&format!(
+            "replicas: committed files byte-identical on the survivors ({} files)",
+            files.len()
+        ));
     }
     Ok(())
 }
@@ -559,7 +594,10 @@ fn committed_files(state: &Path) -> Result<BTreeMap<String, Vec<u8>>, DemoError>
     let mut base: Option<(u64, PathBuf)> = None;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(gen) = name.strip_prefix("base.").and_then(|g| g.parse::<u64>().ok()) {
+        if let Some(gen) = name
+            .strip_prefix("base.")
+            .and_then(|g| g.parse::<u64>().ok())
+        {
             if base.as_ref().is_none_or(|(g, _)| gen > *g) {
                 base = Some((gen, entry.path()));
             }
@@ -573,14 +611,22 @@ fn committed_files(state: &Path) -> Result<BTreeMap<String, Vec<u8>>, DemoError>
     Ok(files)
 }
 
-fn collect(root: &Path, dir: &Path, files: &mut BTreeMap<String, Vec<u8>>) -> Result<(), DemoError> {
+fn collect(
+    root: &Path,
+    dir: &Path,
+    files: &mut BTreeMap<String, Vec<u8>>,
+) -> Result<(), DemoError> {
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
         let path = entry.path();
         if path.is_dir() {
             collect(root, &path, files)?;
         } else {
             let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-            let rel = path.strip_prefix(root).unwrap_or(&path).display().to_string();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
             files.insert(rel, bytes);
         }
     }

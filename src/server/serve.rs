@@ -65,7 +65,8 @@ pub fn run(cfg: &NodeConfig) -> Result<(), ServeError> {
         ..Status::default()
     }));
     if let Some(addr) = cfg.listen.metrics {
-        serve_http(addr, metrics.clone(), status.clone()).map_err(|source| ServeError::Metrics { addr, source })?;
+        serve_http(addr, metrics.clone(), status.clone())
+            .map_err(|source| ServeError::Metrics { addr, source })?;
     }
     let (events_tx, events_rx) = crossbeam_channel::bounded(EVENTS_MAX);
     let transport = Transport::start(TransportConfig::from_node(cfg), events_tx.clone())?;
@@ -96,7 +97,8 @@ pub fn run(cfg: &NodeConfig) -> Result<(), ServeError> {
 /// recovery handles; nothing half-done is acknowledged.
 fn install_signal_handlers(events: crossbeam_channel::Sender<Event>) -> Result<(), ServeError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(ServeError::Signals)?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(ServeError::Signals)?;
     std::thread::Builder::new()
         .name("bunker-signals".into())
         .spawn(move || {

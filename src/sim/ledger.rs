@@ -163,7 +163,7 @@ fn append_journal<T: FileTree>(
 /// on luck: no replica could compute it again.
 fn fee(now_us: u64, rng: &mut impl Rng, amount: u64) -> u64 {
     let hour = (now_us / 1_000_000) % 24;
-    let base = if hour % 3 == 0 { 2 } else { 1 };
+    let base = if hour.is_multiple_of(3) { 2 } else { 1 };
     (base + rng.gen_range(0..2)).min(amount)
 }
 

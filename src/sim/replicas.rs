@@ -785,7 +785,11 @@ impl ReplicaSim {
             None => {
                 let command = self.pick_command();
                 let client = &mut self.clients[i];
-                if client.done > 0 && client.done % self.workload.commands_per_identity == 0 {
+                if client.done > 0
+                    && client
+                        .done
+                        .is_multiple_of(self.workload.commands_per_identity)
+                {
                     client.id = self.rng.gen();
                     client.seq = 0;
                 }
