@@ -206,7 +206,10 @@ fn drive(cluster: &mut LocalCluster, opts: &DemoOptions) -> Result<DemoReport, D
 }
 
 pub(crate) fn say(line: &str) {
-    println!("[demo] {line}");
+    use std::sync::OnceLock;
+    static START: OnceLock<Instant> = OnceLock::new();
+    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    println!("[demo {t:6.1}s] {line}");
 }
 
 // --------------------------------------------------------------- workload

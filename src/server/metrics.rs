@@ -41,6 +41,9 @@ pub struct Metrics {
     pub sync_latency_seconds: Histogram,
     pub execute_seconds: Histogram,
     pub capture_seconds: Histogram,
+    /// Time the event loop spent in the replica per event kind (where a
+    /// command's latency goes: apply and sync waits show up here).
+    pub handle_seconds: Family<KindLabel, Histogram>,
     pub delta_bytes: Counter,
     pub elections_won: Counter,
     pub rollbacks: Counter,
@@ -73,6 +76,7 @@ impl Metrics {
             sync_latency_seconds: latency_histogram(),
             execute_seconds: latency_histogram(),
             capture_seconds: latency_histogram(),
+            handle_seconds: Family::new_with_constructor(latency_histogram),
             delta_bytes: Counter::default(),
             elections_won: Counter::default(),
             rollbacks: Counter::default(),
@@ -139,6 +143,11 @@ impl Metrics {
             "capture_seconds",
             "Capturing and proposing a command's delta",
             m.capture_seconds.clone(),
+        );
+        r.register(
+            "handle_seconds",
+            "Event loop time in the replica per event kind",
+            m.handle_seconds.clone(),
         );
         r.register(
             "delta_bytes",

@@ -140,12 +140,18 @@ impl<P: PeerOut, C: ClientOut, A: AppRunner> Node<P, C, A> {
                 while let Ok(event) = events.try_recv() {
                     match event {
                         Event::Shutdown => return Ok(()),
-                        Event::Peer(msg) => self.replica.handle_message(msg)?,
+                        Event::Peer(msg) => {
+                            let t = Instant::now();
+                            self.replica.handle_message(msg)?;
+                            self.observe("message", t);
+                        }
                         Event::Request(request) => {
                             if self.arrivals.len() < ARRIVALS_MAX {
                                 self.arrivals.insert(request.ctx, Instant::now());
                             }
+                            let t = Instant::now();
                             self.replica.handle_request(request)?;
+                            self.observe("request", t);
                         }
                     }
                     self.carry_out()?;
@@ -164,7 +170,9 @@ impl<P: PeerOut, C: ClientOut, A: AppRunner> Node<P, C, A> {
                                 .observe(t.elapsed().as_secs_f64());
                         }
                     }
+                    let t = Instant::now();
                     self.replica.handle_log_durable(durable)?;
+                    self.observe("log_durable", t);
                 }
             } else if ready == i_app {
                 if let Ok((id, outcome)) = outcomes.try_recv() {
@@ -181,11 +189,20 @@ impl<P: PeerOut, C: ClientOut, A: AppRunner> Node<P, C, A> {
                 }
             } else if ready == i_tick {
                 let _ = ticker.try_recv();
+                let t = Instant::now();
                 self.replica.handle_tick()?;
+                self.observe("tick", t);
                 self.publish();
             }
             self.carry_out()?;
         }
+    }
+
+    fn observe(&self, kind: &str, since: Instant) {
+        self.metrics
+            .handle_seconds
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .observe(since.elapsed().as_secs_f64());
     }
 
     /// Carries out the replica's effects and starts a group commit if due.

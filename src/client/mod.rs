@@ -1,0 +1,426 @@
+//! The Bunker client library, and `bunker exec`.
+//!
+//! ```no_run
+//! use bunker::client::{BlockingClient, ClientConfig};
+//! # fn main() -> Result<(), bunker::client::ClientError> {
+//! let cfg = ClientConfig::new(
+//!     vec!["127.0.0.1:7201".parse().unwrap(), "127.0.0.1:7202".parse().unwrap()],
+//!     "certs/ca.pem", "certs/client-ops.pem", "certs/client-ops.key",
+//! );
+//! let mut client = BlockingClient::connect(cfg)?;
+//! let response = client.call(bytes::Bytes::from_static(b"balance alice"))?;
+//! println!("{} {}", response.status, String::from_utf8_lossy(&response.body));
+//! # Ok(()) }
+//! ```
+//!
+//! What it does: finds the leader (tries the configured servers, follows
+//! `NotLeader` hints, remembers the leader), sends each command with this
+//! client's id and the next sequence number, and retries the *same* (client
+//! id, sequence) across timeouts, lost connections, `Unknown` outcomes and
+//! failovers until an answer arrives or the limits (`attempts_max`,
+//! `total_timeout_ms`) are reached. The server's session table makes the
+//! retries safe: a command runs at most once, and a retry of a command
+//! that committed gets the stored response.
+//!
+//! What it does not do: run two commands of one client at once (one
+//! command in flight per client; use several clients for concurrency), or
+//! hide an unknown outcome: `ClientError::Unavailable` means the command
+//! may or may not have run.
+
+use crate::transport::codec::{self, WireReply, WireRequest};
+use crate::transport::frame::{self, Kind};
+use crate::transport::tls::{server_name, Identity, TlsError, TlsFiles, SERVER_NAME};
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Largest response accepted from a server.
+pub const RESPONSE_BYTES_MAX: usize = 64 << 20;
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The servers' client addresses (any subset; the leader is found).
+    pub servers: Vec<SocketAddr>,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// This client's id; random when `None`. Two clients must never share
+    /// an id while both are running.
+    pub client_id: Option<u64>,
+    /// One attempt (send and wait for the answer) at most.
+    pub attempt_timeout_ms: u64,
+    /// A whole call, retries included, at most.
+    pub total_timeout_ms: u64,
+    /// Attempts per call at most.
+    pub attempts_max: u32,
+}
+
+impl ClientConfig {
+    /// Defaults: 2 s per attempt, 30 s and 200 attempts per call.
+    pub fn new(
+        servers: Vec<SocketAddr>,
+        ca: impl Into<PathBuf>,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        ClientConfig {
+            servers,
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+            client_id: None,
+            attempt_timeout_ms: 2_000,
+            total_timeout_ms: 30_000,
+            attempts_max: 200,
+        }
+    }
+}
+
+/// An answer from the application: its status (0 success; other values
+/// its own errors, which are still answers) and its response bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u8,
+    pub body: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("client configuration: {0}")]
+    Config(#[from] TlsError),
+    #[error("client configuration: no servers given")]
+    NoServers,
+    #[error(
+        "cluster unavailable: no answer after {attempts} attempts in {elapsed_ms} ms (last: {last_error}); \
+the command may or may not have run: retrying it with the same client is safe"
+    )]
+    Unavailable {
+        attempts: u32,
+        elapsed_ms: u64,
+        last_error: String,
+    },
+    #[error("the application failed on this command (nothing it did was kept): {reason}")]
+    AppFailed { reason: String },
+    #[error("sequence {seq} is stale: the server already has {last_seq} from this client id (is another client using it?)")]
+    Stale { seq: u64, last_seq: u64 },
+    #[error("command too large: the server accepts at most {max} bytes")]
+    TooLarge { max: u64 },
+    #[error("the server rejected the request: {reason}")]
+    Rejected { reason: String },
+    #[error("cannot start the client's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+type Stream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// The asynchronous client (tokio).
+pub struct Client {
+    cfg: ClientConfig,
+    tls: Arc<rustls::ClientConfig>,
+    client_id: u64,
+    seq: u64,
+    leader: Option<SocketAddr>,
+    next_server: usize,
+    conn: Option<(SocketAddr, Stream)>,
+}
+
+impl Client {
+    /// Loads the identity; connections are made on the first call.
+    pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
+        Client::new(cfg)
+    }
+
+    fn new(cfg: ClientConfig) -> Result<Client, ClientError> {
+        if cfg.servers.is_empty() {
+            return Err(ClientError::NoServers);
+        }
+        let identity = Identity::load(&TlsFiles {
+            ca: cfg.ca.clone(),
+            cert: cfg.cert.clone(),
+            key: cfg.key.clone(),
+        })?;
+        let client_id = cfg.client_id.unwrap_or_else(|| rand::random::<u64>() | 1);
+        Ok(Client {
+            tls: identity.client_config()?,
+            client_id,
+            seq: 0,
+            leader: None,
+            next_server: rand::random::<usize>() % cfg.servers.len(),
+            conn: None,
+            cfg,
+        })
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// The sequence number of the last command sent.
+    pub fn last_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Sends `command` with the next sequence number; retries it (same
+    /// sequence) until an answer arrives or the limits are reached.
+    pub async fn call(&mut self, command: Bytes) -> Result<Response, ClientError> {
+        self.seq += 1;
+        let seq = self.seq;
+        let started = Instant::now();
+        let total = Duration::from_millis(self.cfg.total_timeout_ms);
+        let mut backoff = BACKOFF_MIN;
+        let mut redirects = 0;
+        let mut last_error = String::from("no attempt made");
+        for attempt in 1..=self.cfg.attempts_max {
+            if started.elapsed() >= total {
+                return Err(self.unavailable(attempt - 1, started, last_error));
+            }
+            let target = self.target();
+            let limit = Duration::from_millis(self.cfg.attempt_timeout_ms)
+                .min(total.saturating_sub(started.elapsed()));
+            let outcome = tokio::time::timeout(limit, self.attempt(target, seq, &command)).await;
+            let pause = match outcome {
+                Err(_) => {
+                    last_error = format!("{target}: no answer within {} ms", limit.as_millis());
+                    self.forget(target);
+                    false
+                }
+                Ok(Err(e)) => {
+                    last_error = format!("{target}: {e}");
+                    self.forget(target);
+                    true
+                }
+                Ok(Ok(reply)) => match reply {
+                    WireReply::Ok { status, body } => {
+                        self.leader = Some(target);
+                        return Ok(Response { status, body });
+                    }
+                    WireReply::NotLeader { hint } => {
+                        last_error = format!("{target}: not the leader");
+                        redirects += 1;
+                        match hint
+                            .and_then(|h| h.parse::<SocketAddr>().ok())
+                            .filter(|h| *h != target)
+                        {
+                            Some(leader) => {
+                                self.leader = Some(leader);
+                                // Hints that go round in circles (an election
+                                // under way) must not burn the attempts.
+                                redirects > 2
+                            }
+                            None => {
+                                self.forget(target);
+                                true
+                            }
+                        }
+                    }
+                    WireReply::Unknown => {
+                        last_error = format!("{target}: outcome unknown (leadership changed)");
+                        self.forget(target);
+                        true
+                    }
+                    WireReply::Busy => {
+                        last_error = format!("{target}: busy");
+                        true
+                    }
+                    WireReply::Stale { last_seq } => {
+                        return Err(ClientError::Stale { seq, last_seq })
+                    }
+                    WireReply::AppFailed { reason } => {
+                        return Err(ClientError::AppFailed { reason })
+                    }
+                    WireReply::TooLarge { max } => return Err(ClientError::TooLarge { max }),
+                    WireReply::BadRequest { reason } => {
+                        return Err(ClientError::Rejected { reason })
+                    }
+                },
+            };
+            if pause {
+                let jitter =
+                    Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 + 1));
+                tokio::time::sleep((backoff + jitter).min(total.saturating_sub(started.elapsed())))
+                    .await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+        Err(self.unavailable(self.cfg.attempts_max, started, last_error))
+    }
+
+    fn unavailable(&self, attempts: u32, started: Instant, last_error: String) -> ClientError {
+        ClientError::Unavailable {
+            attempts,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            last_error,
+        }
+    }
+
+    fn target(&mut self) -> SocketAddr {
+        if let Some(leader) = self.leader {
+            return leader;
+        }
+        let n = self.cfg.servers.len();
+        self.cfg.servers[self.next_server % n]
+    }
+
+    /// Stops trusting `target`: drop its connection, try the next server.
+    fn forget(&mut self, target: SocketAddr) {
+        if self.conn.as_ref().is_some_and(|(a, _)| *a == target) {
+            self.conn = None;
+        }
+        if self.leader == Some(target) {
+            self.leader = None;
+        }
+        self.next_server = self.next_server.wrapping_add(1);
+    }
+
+    async fn attempt(
+        &mut self,
+        target: SocketAddr,
+        seq: u64,
+        command: &Bytes,
+    ) -> Result<WireReply, String> {
+        if self.conn.as_ref().is_none_or(|(a, _)| *a != target) {
+            self.conn = None;
+            let stream = self.open(target).await?;
+            self.conn = Some((target, stream));
+        }
+        let Some((_, stream)) = self.conn.as_mut() else {
+            return Err("no connection".into());
+        };
+        let payload = codec::encode_request(&WireRequest {
+            client: self.client_id,
+            seq,
+            command: command.clone(),
+        });
+        let bytes = frame::encode_to_bytes(Kind::Request, 0, 0, &payload);
+        let sent = async {
+            stream.write_all(&bytes).await?;
+            stream.flush().await
+        };
+        if let Err(e) = sent.await {
+            self.conn = None;
+            return Err(format!("send: {e}"));
+        }
+        loop {
+            let f = match frame::read_frame(stream, RESPONSE_BYTES_MAX).await {
+                Ok(f) => f,
+                Err(e) => {
+                    self.conn = None;
+                    return Err(format!("receive: {e}"));
+                }
+            };
+            let response =
+                codec::decode_response(f.payload).map_err(|e| format!("bad response: {e}"))?;
+            // Answers to earlier attempts of this or an earlier command
+            // may still arrive on a reused connection: skip them.
+            if matches!(response.reply, WireReply::TooLarge { .. })
+                || (response.client == self.client_id && response.seq == seq)
+            {
+                return Ok(response.reply);
+            }
+        }
+    }
+
+    async fn open(&self, target: SocketAddr) -> Result<Stream, String> {
+        let tcp = TcpStream::connect(target)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let name = server_name(SERVER_NAME).map_err(|e| e.to_string())?;
+        tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))
+    }
+}
+
+/// The same client for code without an async runtime: each call blocks.
+pub struct BlockingClient {
+    runtime: tokio::runtime::Runtime,
+    inner: Client,
+}
+
+impl BlockingClient {
+    pub fn connect(cfg: ClientConfig) -> Result<BlockingClient, ClientError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ClientError::Runtime)?;
+        let inner = Client::new(cfg)?;
+        Ok(BlockingClient { runtime, inner })
+    }
+
+    pub fn call(&mut self, command: Bytes) -> Result<Response, ClientError> {
+        self.runtime.block_on(self.inner.call(command))
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.inner.client_id()
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    /// The servers' client addresses, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub servers: Vec<SocketAddr>,
+    /// The cluster CA certificate.
+    #[arg(long)]
+    pub ca: PathBuf,
+    /// This client's certificate (from `bunker certs --client NAME`).
+    #[arg(long)]
+    pub cert: PathBuf,
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Client id (random by default). Reusing an id across runs needs
+    /// increasing sequence numbers; leave it random for one-off commands.
+    #[arg(long)]
+    pub client_id: Option<u64>,
+    /// Give up after this long (the command may or may not have run).
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    /// The command; read from stdin when absent.
+    #[arg(trailing_var_arg = true)]
+    pub command: Vec<String>,
+}
+
+/// `bunker exec`: exit 0 on status 0, 1 on another application status
+/// (the response is printed either way), 2 on errors.
+pub fn run_exec(args: ExecArgs) -> ExitCode {
+    let command = if args.command.is_empty() {
+        let mut buf = Vec::new();
+        if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf) {
+            eprintln!("bunker exec: reading the command from stdin: {e}");
+            return ExitCode::from(2);
+        }
+        Bytes::from(buf)
+    } else {
+        Bytes::from(args.command.join(" "))
+    };
+    let cfg = ClientConfig {
+        client_id: args.client_id,
+        total_timeout_ms: args.timeout_ms,
+        ..ClientConfig::new(args.servers, args.ca, args.cert, args.key)
+    };
+    let result = BlockingClient::connect(cfg).and_then(|mut c| c.call(command));
+    match result {
+        Ok(r) => {
+            println!("{}", String::from_utf8_lossy(&r.body));
+            if r.status == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("bunker exec: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
