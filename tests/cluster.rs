@@ -148,3 +148,133 @@ fn a_client_certificate_from_another_ca_is_refused() {
     let mut client = BlockingClient::connect(good).expect("connect");
     assert_eq!(call(&mut client, "audit")["ok"], true);
 }
+
+/// Opens a TLS connection with `cert` (a file stem under certs/) to `addr`,
+/// checking the server's name `name`; sends `bytes`; returns what the server
+/// sent back before closing (bounded wait).
+fn raw_exchange(
+    dir: &std::path::Path,
+    stem: &str,
+    addr: std::net::SocketAddr,
+    name: &str,
+    bytes: Vec<u8>,
+) -> Vec<u8> {
+    use bunker::transport::tls::{server_name, Identity, TlsFiles};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs = dir.join("certs");
+    let identity = Identity::load(&TlsFiles {
+        ca: certs.join("ca.pem"),
+        cert: certs.join(format!("{stem}.pem")),
+        key: certs.join(format!("{stem}.key")),
+    })
+    .expect("identity");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let connector = tokio_rustls::TlsConnector::from(identity.client_config().expect("config"));
+        let mut tls = connector
+            .connect(server_name(name).expect("name"), tcp)
+            .await
+            .expect("handshake");
+        tls.write_all(&bytes).await.expect("send");
+        tls.flush().await.expect("flush");
+        let mut back = Vec::new();
+        // The server must close the connection: reading ends (EOF or reset)
+        // well within the bound, else the test fails here.
+        let read = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut back)).await;
+        assert!(
+            read.is_ok(),
+            "the server kept a connection open after a malformed frame"
+        );
+        back
+    })
+}
+
+#[test]
+fn malformed_frames_from_a_peer_and_a_client_close_the_connection_and_nothing_is_lost() {
+    use bunker::transport::frame::{self, Kind};
+    let (tmp, mut c) = cluster("bunker-frames-", 3);
+    let mut client = BlockingClient::connect(c.client_config()).expect("connect");
+    assert_eq!(call(&mut client, "open carol 500")["ok"], true);
+    let target = *c.addrs.keys().next().expect("a server");
+    let addrs = c.addrs[&target];
+
+    // A client sends garbage: not a frame.
+    raw_exchange(
+        tmp.path(),
+        "client-demo",
+        addrs.client,
+        "bunker-server",
+        b"GET / HTTP/1.1\r\nHost: bunker\r\nAccept: */*\r\n\r\n".to_vec(),
+    );
+    // A client sends a frame whose checksum is wrong.
+    let mut bad =
+        frame::encode_to_bytes(Kind::Request, 0, 0, b"0123456789abcdefdeposit carol 1").to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    raw_exchange(
+        tmp.path(),
+        "client-demo",
+        addrs.client,
+        "bunker-server",
+        bad,
+    );
+    // A client announces a frame far larger than allowed: answered TooLarge, closed.
+    let mut huge = frame::encode_to_bytes(Kind::Request, 0, 0, b"x").to_vec();
+    huge[12..16].copy_from_slice(&(512u32 << 20).to_le_bytes());
+    let back = raw_exchange(
+        tmp.path(),
+        "client-demo",
+        addrs.client,
+        "bunker-server",
+        huge,
+    );
+    let (f, _) = frame::decode(&back, 1 << 20)
+        .expect("a valid frame")
+        .expect("a whole frame");
+    let r = bunker::transport::codec::decode_response(f.payload).expect("a response");
+    assert!(
+        matches!(
+            r.reply,
+            bunker::transport::codec::WireReply::TooLarge { .. }
+        ),
+        "{r:?}"
+    );
+
+    // A peer (a real member's certificate) says hello, then sends garbage.
+    let other = *c
+        .addrs
+        .keys()
+        .find(|id| **id != target)
+        .expect("another server");
+    let mut stream = frame::encode_to_bytes(Kind::Hello, other as u32, target as u32, &[]).to_vec();
+    stream.extend_from_slice(&[0xde; 64]);
+    raw_exchange(
+        tmp.path(),
+        &format!("node-{other}"),
+        addrs.peer,
+        &format!("node-{target}"),
+        stream,
+    );
+    // A peer claims to be a server its certificate does not name.
+    let liar =
+        frame::encode_to_bytes(Kind::Hello, target as u32 + 100, target as u32, &[]).to_vec();
+    raw_exchange(
+        tmp.path(),
+        &format!("node-{other}"),
+        addrs.peer,
+        &format!("node-{target}"),
+        liar,
+    );
+
+    // The cluster keeps serving and nothing was lost.
+    for _ in 0..10 {
+        assert_eq!(call(&mut client, "deposit carol 1")["ok"], true);
+    }
+    assert_eq!(balance(&mut client, "carol"), 510);
+    wait_converged(&c);
+    assert!(c.exited().is_empty(), "a server stopped on its own");
+}
