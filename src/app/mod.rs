@@ -1,210 +1,209 @@
-//! TEMPORARY minimal adapter (replaced by the full one from the adapters branch).
+//! Application adapters: how the leader runs the application on its working
+//! copy, one command at a time.
+//!
+//! - `exec` mode: the program runs once per command, in the working copy,
+//!   with the command on stdin; its stdout is the response and its exit
+//!   status (0 to 125) the status.
+//! - `serve` mode: one long-running program, started lazily in the working
+//!   copy, takes framed commands on stdin and answers framed responses on
+//!   stdout (u32 little-endian length, then the payload; a response payload
+//!   is a status byte and the body). It is restarted on `restart()`
+//!   (rollback, promotion, snapshot install: the files changed under it),
+//!   after any failure, and when the working directory changes.
+//!
+//! What it does: runs every command on one dedicated worker thread (the
+//! event loop never waits for the application), enforces the timeout by
+//! killing the application's whole process group, bounds the response and
+//! the captured stderr, and turns every misbehaviour into
+//! `ExecOutcome::Failed` with a precise reason. The outcome table is in
+//! `docs/APPLICATIONS.md`.
+//!
+//! What it does not do: decide what a failure means for replication (the
+//! replica rolls the working copy back and answers `AppFailed`), or confine
+//! the application by itself (`sandbox = true` runs it through
+//! `bunker sandbox-exec`, see `sandbox`).
+//!
+//! Invariants: at most one command runs at a time (asserted); every
+//! `start` produces exactly one outcome with its id; a killed application
+//! leaves no process of its group behind.
+
+mod exec;
+pub mod sandbox;
+mod serve;
+
 use crate::replica::ExecOutcome;
 use crate::server::config::{AppConfig, AppMode};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+/// Bytes of the application's stderr kept for a failure's reason.
+pub const STDERR_BYTES_MAX: usize = 4096;
+/// Jobs queued for the worker, at most (one runs at a time; restarts and
+/// the shutdown may queue behind it).
+const JOBS_MAX: usize = 64;
+
 #[derive(Debug, thiserror::Error)]
-#[error("application adapter: {0}")]
-pub struct AppError(String);
+pub enum AppError {
+    #[error("app.command is empty (configuration)")]
+    NoCommand,
+    #[error("cannot start the application thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("cannot find the bunker executable for the sandbox: {0}")]
+    Exe(#[source] std::io::Error),
+}
 
 enum Job {
-    Start(u64, Bytes, PathBuf),
+    Start {
+        id: u64,
+        command: Bytes,
+        dir: PathBuf,
+    },
     Restart,
+    Shutdown,
+}
+
+/// What the worker needs to spawn the application.
+#[derive(Clone, Debug)]
+pub(crate) struct Spawn {
+    program: Vec<String>,
+    /// `Some(bunker executable)` when the application runs sandboxed.
+    sandbox: Option<PathBuf>,
+    pub timeout: Duration,
+    pub response_bytes_max: usize,
+}
+
+impl Spawn {
+    /// The command that runs the application in `dir`, in its own process
+    /// group (so that a kill reaches its children too).
+    pub fn command(&self, dir: &Path) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = match &self.sandbox {
+            Some(exe) => {
+                let mut c = Command::new(exe);
+                c.arg(sandbox::SUBCOMMAND).arg(dir).args(&self.program);
+                c
+            }
+            None => {
+                let mut c = Command::new(&self.program[0]);
+                c.args(&self.program[1..]);
+                c
+            }
+        };
+        cmd.current_dir(dir).process_group(0);
+        cmd
+    }
+}
+
+/// Kills the process group `pgid` (the application and its children).
+pub(crate) fn kill_group(pgid: u32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid
+    // names the process group the child leads (process_group(0)).
+    unsafe {
+        libc::kill(-(pgid as i32), libc::SIGKILL);
+    }
 }
 
 pub struct Adapter {
     jobs: Sender<Job>,
-    rx: Receiver<(u64, ExecOutcome)>,
+    outcomes: Receiver<(u64, ExecOutcome)>,
+    worker: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Adapter {
     pub fn new(cfg: &AppConfig) -> Result<Adapter, AppError> {
-        let (jobs, jobs_rx) = crossbeam_channel::bounded(16);
-        let (tx, rx) = crossbeam_channel::bounded(16);
-        let cfg = cfg.clone();
-        std::thread::Builder::new()
+        let exe = if cfg.sandbox {
+            Some(std::env::current_exe().map_err(AppError::Exe)?)
+        } else {
+            None
+        };
+        Adapter::with_sandbox_exe(cfg, exe)
+    }
+
+    /// As `new`, naming the `bunker` executable that provides
+    /// `sandbox-exec` (tests run from another executable).
+    pub fn with_sandbox_exe(cfg: &AppConfig, exe: Option<PathBuf>) -> Result<Adapter, AppError> {
+        if cfg.command.is_empty() {
+            return Err(AppError::NoCommand);
+        }
+        let sandbox = if cfg.sandbox { exe } else { None };
+        let spawn = Spawn {
+            program: cfg.command.clone(),
+            sandbox,
+            timeout: Duration::from_millis(cfg.timeout_ms),
+            response_bytes_max: cfg.response_bytes_max,
+        };
+        let (jobs, jobs_rx) = crossbeam_channel::bounded(JOBS_MAX);
+        let (outcomes_tx, outcomes) = crossbeam_channel::bounded(JOBS_MAX);
+        let mode = cfg.mode;
+        let worker = std::thread::Builder::new()
             .name("bunker-app".into())
-            .spawn(move || worker(cfg, jobs_rx, tx))
-            .map_err(|e| AppError(e.to_string()))?;
-        Ok(Adapter { jobs, rx })
+            .spawn(move || worker(mode, spawn, jobs_rx, outcomes_tx))
+            .map_err(AppError::Thread)?;
+        Ok(Adapter {
+            jobs,
+            outcomes,
+            worker: Some(worker),
+        })
     }
-}
 
-struct Served {
-    child: Child,
-    dir: PathBuf,
-    frames: Receiver<Option<Vec<u8>>>,
-}
-
-fn worker(cfg: AppConfig, jobs: Receiver<Job>, tx: Sender<(u64, ExecOutcome)>) {
-    let mut served: Option<Served> = None;
-    let timeout = Duration::from_millis(cfg.timeout_ms);
-    for job in jobs {
-        match job {
-            Job::Restart => {
-                if let Some(mut s) = served.take() {
-                    let _ = s.child.kill();
-                    let _ = s.child.wait();
-                }
-            }
-            Job::Start(id, command, dir) => {
-                let outcome = match cfg.mode {
-                    AppMode::Exec => exec(&cfg, &command, &dir),
-                    AppMode::Serve => serve(&cfg, &mut served, &command, &dir, timeout),
-                };
-                if tx.send((id, outcome)).is_err() {
-                    return;
-                }
-            }
+    /// Stops the application and the worker thread.
+    pub fn shutdown(&mut self) {
+        let _ = self.jobs.send(Job::Shutdown);
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
         }
     }
 }
 
-fn exec(cfg: &AppConfig, command: &[u8], dir: &Path) -> ExecOutcome {
-    let child = Command::new(&cfg.command[0])
-        .args(&cfg.command[1..])
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            return ExecOutcome::Failed {
-                reason: format!("spawn: {e}"),
-            }
-        }
-    };
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(command);
+impl Drop for Adapter {
+    fn drop(&mut self) {
+        self.shutdown();
     }
-    match child.wait_with_output() {
-        Ok(out) => match out.status.code() {
-            Some(code) if code <= 125 => ExecOutcome::Done {
-                status: code as u8,
-                response: Bytes::from(if out.stdout.is_empty() {
-                    out.stderr
-                } else {
-                    out.stdout
-                }),
-            },
-            _ => ExecOutcome::Failed {
-                reason: format!("exited {}", out.status),
-            },
-        },
-        Err(e) => ExecOutcome::Failed {
-            reason: e.to_string(),
-        },
-    }
-}
-
-fn serve(
-    cfg: &AppConfig,
-    served: &mut Option<Served>,
-    command: &[u8],
-    dir: &Path,
-    timeout: Duration,
-) -> ExecOutcome {
-    if served.as_ref().is_some_and(|s| s.dir != dir) {
-        if let Some(mut s) = served.take() {
-            let _ = s.child.kill();
-            let _ = s.child.wait();
-        }
-    }
-    if served.is_none() {
-        let child = Command::new(&cfg.command[0])
-            .args(&cfg.command[1..])
-            .current_dir(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn();
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                return ExecOutcome::Failed {
-                    reason: format!("spawn: {e}"),
-                }
-            }
-        };
-        let Some(mut stdout) = child.stdout.take() else {
-            return ExecOutcome::Failed {
-                reason: "no stdout".into(),
-            };
-        };
-        let (ftx, frx) = crossbeam_channel::bounded(1);
-        std::thread::spawn(move || loop {
-            let mut len = [0u8; 4];
-            if stdout.read_exact(&mut len).is_err() {
-                let _ = ftx.send(None);
-                return;
-            }
-            let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
-            if stdout.read_exact(&mut buf).is_err() || ftx.send(Some(buf)).is_err() {
-                let _ = ftx.send(None);
-                return;
-            }
-        });
-        *served = Some(Served {
-            child,
-            dir: dir.to_path_buf(),
-            frames: frx,
-        });
-    }
-    let Some(s) = served.as_mut() else {
-        return ExecOutcome::Failed {
-            reason: "no process".into(),
-        };
-    };
-    let mut frame = (command.len() as u32).to_le_bytes().to_vec();
-    frame.extend_from_slice(command);
-    let wrote = s
-        .child
-        .stdin
-        .as_mut()
-        .map(|i| i.write_all(&frame).and_then(|_| i.flush()));
-    let outcome = match wrote {
-        Some(Ok(())) => match s.frames.recv_timeout(timeout) {
-            Ok(Some(buf)) if !buf.is_empty() => ExecOutcome::Done {
-                status: buf[0],
-                response: Bytes::copy_from_slice(&buf[1..]),
-            },
-            Ok(_) => ExecOutcome::Failed {
-                reason: "application exited".into(),
-            },
-            Err(_) => ExecOutcome::Failed {
-                reason: "timed out".into(),
-            },
-        },
-        _ => ExecOutcome::Failed {
-            reason: "cannot write to the application".into(),
-        },
-    };
-    if matches!(outcome, ExecOutcome::Failed { .. }) {
-        if let Some(mut s) = served.take() {
-            let _ = s.child.kill();
-            let _ = s.child.wait();
-        }
-    }
-    outcome
 }
 
 impl crate::server::node::AppRunner for Adapter {
     fn start(&mut self, id: u64, command: Bytes, workdir: &Path) {
-        let _ = self
-            .jobs
-            .send(Job::Start(id, command, workdir.to_path_buf()));
+        let job = Job::Start {
+            id,
+            command,
+            dir: workdir.to_path_buf(),
+        };
+        if self.jobs.send(job).is_err() {
+            tracing::error!(id, "the application thread is gone; the command cannot run");
+        }
     }
+
     fn restart(&mut self) {
         let _ = self.jobs.send(Job::Restart);
     }
+
     fn outcomes(&self) -> &Receiver<(u64, ExecOutcome)> {
-        &self.rx
+        &self.outcomes
     }
+}
+
+fn worker(mode: AppMode, spawn: Spawn, jobs: Receiver<Job>, outcomes: Sender<(u64, ExecOutcome)>) {
+    let mut served = serve::Served::new(spawn.clone());
+    for job in jobs {
+        match job {
+            Job::Start { id, command, dir } => {
+                let outcome = match mode {
+                    AppMode::Exec => exec::run(&spawn, &command, &dir),
+                    AppMode::Serve => served.run(&command, &dir),
+                };
+                if let ExecOutcome::Failed { reason } = &outcome {
+                    tracing::warn!(id, %reason, "the application failed on a command");
+                }
+                if outcomes.send((id, outcome)).is_err() {
+                    break;
+                }
+            }
+            Job::Restart => served.stop(),
+            Job::Shutdown => break,
+        }
+    }
+    served.stop();
 }

@@ -65,6 +65,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run a program with its writes confined to a directory (Landlock).
+    #[command(name = "sandbox-exec", hide = true, disable_help_flag = true)]
+    SandboxExec {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The benchmarks' minimal application (each command changes 256 bytes).
     #[command(hide = true, disable_help_flag = true)]
     Blob {
@@ -108,7 +114,10 @@ fn parse_id_addr(s: &str) -> Result<(u64, SocketAddr), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Cmd::Accounts { .. } | Cmd::Blob { .. }) {
+    if !matches!(
+        cli.command,
+        Cmd::Accounts { .. } | Cmd::Blob { .. } | Cmd::SandboxExec { .. }
+    ) {
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -125,6 +134,7 @@ fn main() -> ExitCode {
         Cmd::Certs(args) => bunker::transport::certs::run_certs(args),
         Cmd::Accounts { args } => bunker::accounts::main(args),
         Cmd::Blob { args } => bunker::blob::main(args),
+        Cmd::SandboxExec { args } => bunker::app::sandbox::main(args),
     }
 }
 
