@@ -8,6 +8,7 @@ mod accounts;
 mod delta;
 mod e2e;
 mod log;
+mod net;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +35,8 @@ enum Command {
     /// Real clusters end to end: 5 servers against 1 server (no
     /// replication), blob and accounts applications, 1/8/64 clients.
     E2e(e2e::E2eArgs),
+    /// Networking stacks: tokio (epoll) against tokio-uring, loopback.
+    Net(net::NetArgs),
 }
 
 fn main() {
@@ -49,6 +52,12 @@ fn main() {
         Command::Log(args) => {
             if let Err(e) = log::run(args) {
                 eprintln!("bunker-bench log: {e}");
+                std::process::exit(1);
+            }
+        }
+        Command::Net(args) => {
+            if let Err(e) = net::run(args) {
+                eprintln!("bunker-bench net: {e}");
                 std::process::exit(1);
             }
         }
