@@ -142,7 +142,8 @@ impl LocalCluster {
             );
         }
         let mode = if self.app.exec_mode { "exec" } else { "serve" };
-        let _ = writeln!(text, "\n[app]\nmode = \"{mode}\"");
+        // The application may write only its working copy (Landlock).
+        let _ = writeln!(text, "\n[app]\nmode = \"{mode}\"\nsandbox = true");
         let _ = writeln!(
             text,
             "command = [{:?}, {:?}, {:?}]",

@@ -36,9 +36,13 @@ pub enum CertError {
 }
 
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
-    let io = |source| CertError::Io {
-        path: path.display().to_string(),
-        source,
+    let io = |source: std::io::Error| {
+        let path = if source.kind() == std::io::ErrorKind::AlreadyExists {
+            format!("{} (bunker certs never overwrites a file: choose another --out)", path.display())
+        } else {
+            path.display().to_string()
+        };
+        CertError::Io { path, source }
     };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
