@@ -74,7 +74,7 @@ impl LocalCluster {
         let addrs = free_addrs(dir, servers)?;
         let certs = dir.join("certs");
         let nodes: Vec<(u64, Vec<String>)> = (1..=servers)
-            .map(|id| (id, vec!["127.0.0.1".to_string(), "localhost".to_string()]))
+            .map(|id| (id, vec![server_ip(id).to_string(), "localhost".to_string()]))
             .collect();
         crate::transport::certs::generate(&certs, &nodes, &["demo".to_string()])
             .map_err(|e| DemoError::Certs(e.to_string()))?;
@@ -328,12 +328,20 @@ impl LocalCluster {
     }
 }
 
-/// Three loopback addresses per server, on ports the kernel says are free
-/// (held open together so that no two coincide, then released).
+/// The loopback address of server `id`: each server has its own
+/// (127.0.0.10 + id), so that packet filters can tell the servers apart
+/// (the transport dials from its own peer address).
+pub fn server_ip(id: u64) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 0, 10 + (id % 200) as u8)
+}
+
+/// Three addresses per server on its own loopback address, on ports the
+/// kernel says are free (held open together so that no two coincide, then
+/// released).
 pub fn free_addrs(dir: &Path, servers: u64) -> Result<BTreeMap<u64, Addrs>, DemoError> {
     let mut held = Vec::new();
-    let mut take = || -> Result<SocketAddr, DemoError> {
-        let l = TcpListener::bind("127.0.0.1:0").map_err(io_err(dir))?;
+    let mut take = |id: u64| -> Result<SocketAddr, DemoError> {
+        let l = TcpListener::bind((server_ip(id), 0)).map_err(io_err(dir))?;
         let a = l.local_addr().map_err(io_err(dir))?;
         held.push(l);
         Ok(a)
@@ -343,9 +351,9 @@ pub fn free_addrs(dir: &Path, servers: u64) -> Result<BTreeMap<u64, Addrs>, Demo
         addrs.insert(
             id,
             Addrs {
-                peer: take()?,
-                client: take()?,
-                metrics: take()?,
+                peer: take(id)?,
+                client: take(id)?,
+                metrics: take(id)?,
             },
         );
     }

@@ -38,7 +38,10 @@ pub enum CertError {
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
     let io = |source: std::io::Error| {
         let path = if source.kind() == std::io::ErrorKind::AlreadyExists {
-            format!("{} (bunker certs never overwrites a file: choose another --out)", path.display())
+            format!(
+                "{} (bunker certs never overwrites a file: choose another --out)",
+                path.display()
+            )
         } else {
             path.display().to_string()
         };

@@ -75,7 +75,18 @@ async fn connect(
     tls: &Arc<rustls::ClientConfig>,
     shared: &Shared,
 ) -> std::io::Result<ClientTls> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer.peer))
+    // Dial from this server's own peer address (port chosen by the
+    // kernel), so that the peer, firewalls and fault-injection rules see
+    // one source address per server even when all share one host.
+    let socket = match peer.peer {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    let local = shared.cfg.peer_listen.ip();
+    if !local.is_unspecified() && local.is_ipv4() == peer.peer.is_ipv4() {
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+    }
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(peer.peer))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     tcp.set_nodelay(true)?;
