@@ -11,6 +11,8 @@
 //! - [`server`]: `bunker serve`: the replica over real files, sockets and processes.
 //! - [`demo`]: `bunker demo`, five real servers under a crash and the
 //!   destruction of two, with every acknowledged command checked.
+//! - [`faultnet`]: network faults for real processes (a private network
+//!   namespace and iptables rules inside it).
 //! - [`accounts`]: the example application, built into the `bunker` executable.
 //! - [`wire`]: the versioned wire encoding of consensus messages.
 
@@ -20,6 +22,7 @@ pub mod blob;
 pub mod client;
 pub mod delta;
 pub mod demo;
+pub mod faultnet;
 pub mod raft;
 pub mod replica;
 pub mod server;

@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Opening balance of every account, in cents.
-const OPENING_CENTS: u64 = 1_000_000;
+pub const OPENING_CENTS: u64 = 1_000_000;
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -216,19 +216,19 @@ pub(crate) fn say(line: &str) {
 
 /// What the clients saw.
 #[derive(Default)]
-struct Outcome {
-    issued: u64,
-    reads: u64,
+pub struct Outcome {
+    pub issued: u64,
+    pub reads: u64,
     /// References of transfers answered "done".
-    acked: Vec<String>,
+    pub acked: Vec<String>,
     /// References of transfers the bank refused (a valid answer: nothing happened).
-    refused: Vec<String>,
+    pub refused: Vec<String>,
     /// References of transfers whose outcome the client never learned.
-    unknown: Vec<String>,
-    latency_us: Option<Histogram<u64>>,
+    pub unknown: Vec<String>,
+    pub latency_us: Option<Histogram<u64>>,
     /// Instants of every answer, to find the longest silence.
-    answers: Vec<Duration>,
-    elapsed: Duration,
+    pub answers: Vec<Duration>,
+    pub elapsed: Duration,
 }
 
 /// Counters the clients update as they go, for the progress display.
@@ -239,7 +239,7 @@ struct Progress {
     unknown: AtomicU64,
 }
 
-struct Workload {
+pub struct Workload {
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
     started: Instant,
@@ -247,7 +247,7 @@ struct Workload {
 }
 
 impl Workload {
-    fn start(cfg: &ClientConfig, clients: usize, names: Vec<String>) -> Workload {
+    pub fn start(cfg: &ClientConfig, clients: usize, names: Vec<String>) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let names = Arc::new(names);
@@ -270,7 +270,7 @@ impl Workload {
     }
 
     /// Waits `duration`, printing one progress line a second.
-    fn wait(&self, duration: Duration, cluster: &LocalCluster) {
+    pub fn wait(&self, duration: Duration, cluster: &LocalCluster) {
         let until = Instant::now() + duration;
         while Instant::now() < until {
             std::thread::sleep(
@@ -292,7 +292,7 @@ impl Workload {
         }
     }
 
-    fn stop(self) -> Outcome {
+    pub fn stop(self) -> Outcome {
         self.stop.store(true, Ordering::Relaxed);
         let mut all = Outcome {
             latency_us: Histogram::new(3).ok(),
@@ -396,7 +396,7 @@ fn client_loop(
 }
 
 impl Outcome {
-    fn describe(&self, seconds: u64) -> String {
+    pub fn describe(&self, seconds: u64) -> String {
         let mut s = String::new();
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         let answered = self.answers.len() as f64;
@@ -437,7 +437,7 @@ impl Outcome {
 
 /// Every acknowledged transfer exactly once, refused ones never, unknown
 /// ones at most once: asked through the cluster with `find`.
-fn check_history(
+pub fn check_history(
     cfg: &ClientConfig,
     clients: usize,
     outcome: &Outcome,
@@ -507,7 +507,7 @@ fn find_worker(
 
 /// `audit` through the cluster: money conserved, ledger consistent, and
 /// the total equal to the opening balances (the workload only transfers).
-fn check_audit(
+pub fn check_audit(
     admin: &mut BlockingClient,
     accounts: u64,
     report: &mut DemoReport,
@@ -531,7 +531,7 @@ fn check_audit(
 
 /// The survivors reach the same applied index and state hash, and their
 /// committed directories hold the same bytes.
-fn check_replicas(
+pub fn check_replicas(
     cluster: &LocalCluster,
     destroyed: &[u64],
     report: &mut DemoReport,
