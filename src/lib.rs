@@ -11,6 +11,7 @@
 //! - [`server`]: `bunker serve`: the replica over real files, sockets and processes.
 //! - [`wire`]: the versioned wire encoding of consensus messages.
 
+pub mod check;
 pub mod delta;
 pub mod raft;
 pub mod replica;

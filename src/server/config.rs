@@ -240,13 +240,22 @@ impl NodeConfig {
             })
         };
         if self.peers.is_empty() {
-            return bad("peers", "list every server of the cluster, this one included".into());
+            return bad(
+                "peers",
+                "list every server of the cluster, this one included".into(),
+            );
         }
         if let Err(e) = Membership::new(self.peers.iter().map(|p| p.id)) {
-            return bad("peers", format!("the server ids are not a valid configuration: {e}"));
+            return bad(
+                "peers",
+                format!("the server ids are not a valid configuration: {e}"),
+            );
         }
         if !self.peers.iter().any(|p| p.id == self.id) {
-            return bad("id", format!("{} is not one of the ids in [[peers]]", self.id));
+            return bad(
+                "id",
+                format!("{} is not one of the ids in [[peers]]", self.id),
+            );
         }
         if self.app.command.is_empty() {
             return bad("app.command", "name the program to run".into());
@@ -261,7 +270,10 @@ impl NodeConfig {
             return bad("timing", e.to_string());
         }
         if self.log.segment_mib == 0 || self.log.segment_count < 3 {
-            return bad("log", "segment_mib must be at least 1 and segment_count at least 3".into());
+            return bad(
+                "log",
+                "segment_mib must be at least 1 and segment_count at least 3".into(),
+            );
         }
         let largest_entry = self.pipeline.entry_bytes_max;
         if largest_entry < (64 << 10) || largest_entry > (self.log.segment_mib << 20) / 2 {
@@ -287,8 +299,14 @@ impl NodeConfig {
 
     pub fn setup(&self) -> ReplicaSetup {
         let voters = Membership::new(self.peers.iter().map(|p| p.id)).expect("validated");
-        let envelope = crate::replica::entry::ENVELOPE_BYTES as u64 + self.app.response_bytes_max as u64 + 8 * 1024;
-        let part = self.pipeline.entry_bytes_max.saturating_sub(envelope).max(16 << 10);
+        let envelope = crate::replica::entry::ENVELOPE_BYTES as u64
+            + self.app.response_bytes_max as u64
+            + 8 * 1024;
+        let part = self
+            .pipeline
+            .entry_bytes_max
+            .saturating_sub(envelope)
+            .max(16 << 10);
         ReplicaSetup {
             raft: self.raft_options(),
             voters,
@@ -364,16 +382,24 @@ command = ["bunker-accounts", "serve"]
     #[test]
     fn errors_name_the_key() {
         let unknown = GOOD.replace("[app]", "[app]\nmoed = 1");
-        let e = NodeConfig::parse("node.toml", &unknown).unwrap_err().to_string();
+        let e = NodeConfig::parse("node.toml", &unknown)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("moed"), "{e}");
         let bad_id = GOOD.replace("id = 2\ndata_dir", "id = 9\ndata_dir");
-        let e = NodeConfig::parse("node.toml", &bad_id).unwrap_err().to_string();
+        let e = NodeConfig::parse("node.toml", &bad_id)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("key `id`"), "{e}");
         let bad_addr = GOOD.replace("127.0.0.1:7202\"\n[tls]", "nowhere\"\n[tls]");
-        let e = NodeConfig::parse("node.toml", &bad_addr).unwrap_err().to_string();
+        let e = NodeConfig::parse("node.toml", &bad_addr)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("node.toml"), "{e}");
         let bad_timing = format!("{GOOD}\n[timing]\nelection_ticks_min = 1\n");
-        let e = NodeConfig::parse("node.toml", &bad_timing).unwrap_err().to_string();
+        let e = NodeConfig::parse("node.toml", &bad_timing)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("timing"), "{e}");
     }
 }

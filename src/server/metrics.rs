@@ -84,34 +84,98 @@ impl Metrics {
             registry: Registry::default(),
         };
         let r = &mut registry;
-        r.register("role", "0 follower, 1 pre-candidate, 2 candidate, 3 leader", m.role.clone());
+        r.register(
+            "role",
+            "0 follower, 1 pre-candidate, 2 candidate, 3 leader",
+            m.role.clone(),
+        );
         r.register("term", "Current Raft term", m.term.clone());
-        r.register("commit_index", "Highest log index known committed", m.commit_index.clone());
-        r.register("applied_index", "Highest log index applied to the state", m.applied_index.clone());
-        r.register("last_log_index", "Last index in the log", m.last_log_index.clone());
-        r.register("leader", "The leader this server follows (0: none known)", m.leader.clone());
-        r.register("peer_match_index", "Leader only: each follower's match index", m.peer_match.clone());
-        r.register("peer_lag_entries", "Leader only: entries each follower lacks", m.peer_lag.clone());
+        r.register(
+            "commit_index",
+            "Highest log index known committed",
+            m.commit_index.clone(),
+        );
+        r.register(
+            "applied_index",
+            "Highest log index applied to the state",
+            m.applied_index.clone(),
+        );
+        r.register(
+            "last_log_index",
+            "Last index in the log",
+            m.last_log_index.clone(),
+        );
+        r.register(
+            "leader",
+            "The leader this server follows (0: none known)",
+            m.leader.clone(),
+        );
+        r.register(
+            "peer_match_index",
+            "Leader only: each follower's match index",
+            m.peer_match.clone(),
+        );
+        r.register(
+            "peer_lag_entries",
+            "Leader only: entries each follower lacks",
+            m.peer_lag.clone(),
+        );
         r.register(
             "commit_latency_seconds",
             "Leader: from a command's arrival to its committed response",
             m.commit_latency_seconds.clone(),
         );
-        r.register("sync_latency_seconds", "Group commit of the log: write and sync", m.sync_latency_seconds.clone());
-        r.register("execute_seconds", "Application run time per command", m.execute_seconds.clone());
+        r.register(
+            "sync_latency_seconds",
+            "Group commit of the log: write and sync",
+            m.sync_latency_seconds.clone(),
+        );
+        r.register(
+            "execute_seconds",
+            "Application run time per command",
+            m.execute_seconds.clone(),
+        );
         r.register(
             "capture_seconds",
             "Capturing and proposing a command's delta",
             m.capture_seconds.clone(),
         );
-        r.register("delta_bytes", "Bytes of delta entries proposed", m.delta_bytes.clone());
-        r.register("elections_won", "Times this server became leader", m.elections_won.clone());
+        r.register(
+            "delta_bytes",
+            "Bytes of delta entries proposed",
+            m.delta_bytes.clone(),
+        );
+        r.register(
+            "elections_won",
+            "Times this server became leader",
+            m.elections_won.clone(),
+        );
         r.register("rollbacks", "Working-copy rollbacks", m.rollbacks.clone());
-        r.register("entries_applied", "Log entries applied", m.entries_applied.clone());
-        r.register("snapshots_sent", "Snapshot transfers started", m.snapshots_sent.clone());
-        r.register("snapshots_installed", "Snapshots installed", m.snapshots_installed.clone());
-        r.register("app_failures", "Application runs that failed", m.app_failures.clone());
-        r.register("client_replies", "Replies to clients, by kind", m.replies.clone());
+        r.register(
+            "entries_applied",
+            "Log entries applied",
+            m.entries_applied.clone(),
+        );
+        r.register(
+            "snapshots_sent",
+            "Snapshot transfers started",
+            m.snapshots_sent.clone(),
+        );
+        r.register(
+            "snapshots_installed",
+            "Snapshots installed",
+            m.snapshots_installed.clone(),
+        );
+        r.register(
+            "app_failures",
+            "Application runs that failed",
+            m.app_failures.clone(),
+        );
+        r.register(
+            "client_replies",
+            "Replies to clients, by kind",
+            m.replies.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -154,7 +218,11 @@ pub struct PeerStatus {
 }
 
 /// Serves `/metrics` and `/status` until the process exits.
-pub fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>, status: Arc<Mutex<Status>>) -> std::io::Result<()> {
+pub fn serve_http(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    status: Arc<Mutex<Status>>,
+) -> std::io::Result<()> {
     let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
     std::thread::Builder::new()
         .name("bunker-metrics".into())
@@ -167,12 +235,18 @@ pub fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>, status: Arc<Mutex<Sta
                     ),
                     "/status" => {
                         let status = status.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                        (serde_json::to_string(&status).unwrap_or_default(), "application/json")
+                        (
+                            serde_json::to_string(&status).unwrap_or_default(),
+                            "application/json",
+                        )
                     }
                     _ => ("see /metrics and /status\n".to_string(), "text/plain"),
                 };
                 let header = tiny_http::Header::from_bytes("Content-Type", content_type)
-                    .unwrap_or_else(|_| tiny_http::Header::from_bytes("Content-Type", "text/plain").expect("static header"));
+                    .unwrap_or_else(|_| {
+                        tiny_http::Header::from_bytes("Content-Type", "text/plain")
+                            .expect("static header")
+                    });
                 let response = tiny_http::Response::from_string(body).with_header(header);
                 // A client that went away is not the server's problem.
                 let _ = request.respond(response);

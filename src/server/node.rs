@@ -16,7 +16,9 @@
 //! waited for here: deltas are applied in order).
 
 use crate::delta::RealTree;
-use crate::replica::{ClientId, Effect, ExecOutcome, PeerMessage, Replica, ReplicaError, Reply, Request};
+use crate::replica::{
+    ClientId, Effect, ExecOutcome, PeerMessage, Replica, ReplicaError, Reply, Request,
+};
 use crate::server::metrics::{KindLabel, Metrics, PeerLabel, PeerStatus, Status};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Select};
@@ -157,7 +159,9 @@ impl<P: PeerOut, C: ClientOut, A: AppRunner> Node<P, C, A> {
                 if let Some(durable) = self.replica.raft_mut().log_mut().poll_durable()? {
                     while self.flushes.len() > self.replica.raft().log().flushes_in_flight() {
                         if let Some(t) = self.flushes.pop_front() {
-                            self.metrics.sync_latency_seconds.observe(t.elapsed().as_secs_f64());
+                            self.metrics
+                                .sync_latency_seconds
+                                .observe(t.elapsed().as_secs_f64());
                         }
                     }
                     self.replica.handle_log_durable(durable)?;
@@ -165,11 +169,15 @@ impl<P: PeerOut, C: ClientOut, A: AppRunner> Node<P, C, A> {
             } else if ready == i_app {
                 if let Ok((id, outcome)) = outcomes.try_recv() {
                     if let Some(t) = self.executing.take() {
-                        self.metrics.execute_seconds.observe(t.elapsed().as_secs_f64());
+                        self.metrics
+                            .execute_seconds
+                            .observe(t.elapsed().as_secs_f64());
                     }
                     let capture = Instant::now();
                     self.replica.handle_executed(id, outcome)?;
-                    self.metrics.capture_seconds.observe(capture.elapsed().as_secs_f64());
+                    self.metrics
+                        .capture_seconds
+                        .observe(capture.elapsed().as_secs_f64());
                 }
             } else if ready == i_tick {
                 let _ = ticker.try_recv();
@@ -191,14 +199,24 @@ impl<P: PeerOut, C: ClientOut, A: AppRunner> Node<P, C, A> {
                     self.executing = Some(Instant::now());
                     self.app.start(id, command, &workdir);
                 }
-                Effect::Reply { ctx, client, seq, reply } => {
+                Effect::Reply {
+                    ctx,
+                    client,
+                    seq,
+                    reply,
+                } => {
                     if let Some(t) = self.arrivals.remove(&ctx) {
                         if matches!(reply, Reply::Ok { .. }) {
-                            self.metrics.commit_latency_seconds.observe(t.elapsed().as_secs_f64());
+                            self.metrics
+                                .commit_latency_seconds
+                                .observe(t.elapsed().as_secs_f64());
                         }
                     }
                     let kind = reply_kind(&reply);
-                    self.metrics.replies.get_or_create(&KindLabel { kind: kind.into() }).inc();
+                    self.metrics
+                        .replies
+                        .get_or_create(&KindLabel { kind: kind.into() })
+                        .inc();
                     self.clients.reply(ctx, client, seq, reply);
                 }
                 Effect::ResetApplication => self.app.restart(),
@@ -243,9 +261,13 @@ impl<P: PeerOut, C: ClientOut, A: AppRunner> Node<P, C, A> {
                 continue;
             }
             if let Some(matched) = raft.follower_match(peer) {
-                let label = PeerLabel { peer: peer.to_string() };
+                let label = PeerLabel {
+                    peer: peer.to_string(),
+                };
                 m.peer_match.get_or_create(&label).set(matched as i64);
-                m.peer_lag.get_or_create(&label).set(last.saturating_sub(matched) as i64);
+                m.peer_lag
+                    .get_or_create(&label)
+                    .set(last.saturating_sub(matched) as i64);
                 peers.push(PeerStatus {
                     id: peer,
                     match_index: matched,
@@ -255,12 +277,17 @@ impl<P: PeerOut, C: ClientOut, A: AppRunner> Node<P, C, A> {
         }
         let stats = self.replica.stats().clone();
         let seen = &self.seen;
-        m.delta_bytes.inc_by(stats.delta_bytes_proposed - seen.delta_bytes_proposed);
+        m.delta_bytes
+            .inc_by(stats.delta_bytes_proposed - seen.delta_bytes_proposed);
         m.rollbacks.inc_by(stats.rollbacks - seen.rollbacks);
-        m.entries_applied.inc_by(stats.entries_applied - seen.entries_applied);
-        m.snapshots_sent.inc_by(stats.snapshots_sent - seen.snapshots_sent);
-        m.snapshots_installed.inc_by(stats.snapshots_installed - seen.snapshots_installed);
-        m.app_failures.inc_by(stats.app_failures - seen.app_failures);
+        m.entries_applied
+            .inc_by(stats.entries_applied - seen.entries_applied);
+        m.snapshots_sent
+            .inc_by(stats.snapshots_sent - seen.snapshots_sent);
+        m.snapshots_installed
+            .inc_by(stats.snapshots_installed - seen.snapshots_installed);
+        m.app_failures
+            .inc_by(stats.app_failures - seen.app_failures);
         self.seen = stats;
         let status = Status {
             id: raft.id(),

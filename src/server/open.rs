@@ -16,7 +16,9 @@ use ringlog::{Geometry, Options, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("cannot create the data directory {path}: {source} (check the path and its permissions)")]
+    #[error(
+        "cannot create the data directory {path}: {source} (check the path and its permissions)"
+    )]
     DataDir {
         path: String,
         #[source]

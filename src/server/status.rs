@@ -14,11 +14,18 @@ const STATUS_BYTES_MAX: u64 = 1 << 20;
 
 /// Fetches one server's status document.
 pub fn fetch_status(addr: SocketAddr, timeout: Duration) -> Result<Status, String> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("unreachable: {e}"))?;
-    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("unreachable: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     let request = format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).map_err(|e| format!("cannot ask: {e}"))?;
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("cannot ask: {e}"))?;
     let mut body = Vec::new();
     stream
         .take(STATUS_BYTES_MAX)
@@ -33,12 +40,26 @@ pub fn fetch_status(addr: SocketAddr, timeout: Duration) -> Result<Status, Strin
 pub fn render(rows: &[(u64, Result<Status, String>)]) -> String {
     let mut out = format!(
         "{:>4}  {:<12} {:>6} {:>6} {:>10} {:>10} {:>10} {:>8}  {:<16} {}\n",
-        "id", "role", "term", "leader", "commit", "applied", "last", "max lag", "state hash", "health"
+        "id",
+        "role",
+        "term",
+        "leader",
+        "commit",
+        "applied",
+        "last",
+        "max lag",
+        "state hash",
+        "health"
     );
     for (id, row) in rows {
         match row {
             Ok(s) => {
-                let lag = s.peers.iter().map(|p| p.lag).max().map_or("-".into(), |l| l.to_string());
+                let lag = s
+                    .peers
+                    .iter()
+                    .map(|p| p.lag)
+                    .max()
+                    .map_or("-".into(), |l| l.to_string());
                 let health = match s.diverged {
                     Some(at) => format!("DIVERGED at {at}, awaiting a snapshot"),
                     None => "ok".to_string(),
