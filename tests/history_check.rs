@@ -485,3 +485,46 @@ fn two_thousand_ops_eight_clients_twenty_accounts() {
         Verdict::Linearizable
     );
 }
+
+#[test]
+fn exhausted_budget_is_unknown_not_a_verdict() {
+    let g = generate(3, 300, 4, 4, 4_000, true);
+    let resolved = match resolve(&g.ops, &g.finds) {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let budget = Budget {
+        steps_max: 10,
+        deadline: None,
+    };
+    assert!(matches!(
+        check_linearizable(&resolved, &HashMap::new(), &budget),
+        Verdict::Unknown { .. }
+    ));
+}
+
+#[test]
+fn saved_history_is_rechecked_and_bad_lines_are_named() {
+    let g = generate(11, 200, 5, 4, 3_000, false);
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    let path = dir.path().join("history.jsonl");
+    if let Err(e) = bunker::check::save_history(&path, &g.ops) {
+        panic!("{e}");
+    }
+    let back = match bunker::check::load_history(&path) {
+        Ok(b) => b,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(back, g.ops);
+    assert_eq!(verdict(&back, &g.finds), Verdict::Linearizable);
+    if let Err(e) = std::fs::write(&path, "{\"client\":1}\n") {
+        panic!("{e}");
+    }
+    match bunker::check::load_history(&path) {
+        Err(e) => assert!(e.to_string().contains("line 1"), "{e}"),
+        Ok(ops) => panic!("accepted a bad line: {ops:?}"),
+    }
+}
