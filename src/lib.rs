@@ -11,6 +11,8 @@
 //! - [`server`]: `bunker serve`: the replica over real files, sockets and processes.
 //! - [`demo`]: `bunker demo`, five real servers under a crash and the
 //!   destruction of two, with every acknowledged command checked.
+//! - [`check`]: the history checker of the fault-injection suite
+//!   (linearizability against the accounts model, and invariants).
 //! - [`faultnet`]: network faults for real processes (a private network
 //!   namespace and iptables rules inside it).
 //! - [`accounts`]: the example application, built into the `bunker` executable.
@@ -19,6 +21,7 @@
 pub mod accounts;
 pub mod app;
 pub mod blob;
+pub mod check;
 pub mod client;
 pub mod delta;
 pub mod demo;
