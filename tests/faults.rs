@@ -11,6 +11,9 @@
 //! test says why and skips. Every wait is bounded; no rule touches the
 //! host's network.
 
+use bunker::check::{
+    check_invariants, check_linearizable, resolve, Budget, FindResult, Op, Verdict,
+};
 use bunker::client::BlockingClient;
 use bunker::demo::cluster::server_ip;
 use bunker::demo::{
@@ -18,6 +21,7 @@ use bunker::demo::{
 };
 use bunker::faultnet::{available, Netns};
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -91,6 +95,7 @@ fn run(ns: &Netns, majority_connected: bool, fault: impl FnOnce(&Netns, &LocalCl
     check_audit(&mut admin, ACCOUNTS as u64, &mut report).expect("audit");
     check_replicas(&c, &[], &mut report).expect("replicas");
     assert!(report.failures.is_empty(), "{:#?}", report.failures);
+    check_linearizable_history(&mut admin, &outcome.history);
     assert!(c.exited().is_empty(), "a server stopped on its own");
     // Availability: answers while a majority could talk (after a grace of
     // two election timeouts and the clients' backoff), and after healing.
@@ -117,6 +122,45 @@ fn run(ns: &Netns, majority_connected: bool, fault: impl FnOnce(&Netns, &LocalCl
         );
     }
     assert!(after > 0, "no command answered after the network healed");
+}
+
+/// `find` every reference of the history, then check the invariants and
+/// linearizability against the accounts model (`bunker::check`).
+fn check_linearizable_history(admin: &mut BlockingClient, history: &[Op]) {
+    let mut finds = HashMap::new();
+    for op in history {
+        let Some(reference) = op.command.reference() else {
+            continue;
+        };
+        if finds.contains_key(reference) {
+            continue;
+        }
+        let r = admin
+            .call(Bytes::from(format!("find {reference}")))
+            .expect("find");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("find answers JSON");
+        let count = v["count"].as_u64().expect("a count");
+        let fee_cents = v["txns"][0]["fee_cents"].as_u64();
+        finds.insert(reference.to_string(), FindResult { count, fee_cents });
+    }
+    let total = ACCOUNTS as u64 * bunker::demo::OPENING_CENTS;
+    let violations = check_invariants(history, &finds, total, None);
+    assert!(violations.is_empty(), "invariants: {violations:#?}");
+    let resolved = resolve(history, &finds).expect("every unknown outcome resolved");
+    let mut initial: HashMap<String, u64> = (0..ACCOUNTS)
+        .map(|i| (format!("acct-{i}"), bunker::demo::OPENING_CENTS))
+        .collect();
+    initial.insert("house".into(), 0);
+    let budget = Budget {
+        steps_max: 50_000_000,
+        deadline: Some(Instant::now() + Duration::from_secs(120)),
+    };
+    match check_linearizable(&resolved, &initial, &budget) {
+        Verdict::Linearizable => println!("linearizable: {} operations", resolved.len()),
+        Verdict::NotLinearizable { witness } => panic!("NOT LINEARIZABLE: {witness:?}"),
+        // A search that runs out of budget proves nothing either way.
+        Verdict::Unknown { reason } => println!("linearizability undecided: {reason}"),
+    }
 }
 
 fn leader_ip(c: &LocalCluster) -> (u64, Ipv4Addr) {

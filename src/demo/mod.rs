@@ -229,6 +229,9 @@ pub struct Outcome {
     /// Instants of every answer, to find the longest silence.
     pub answers: Vec<Duration>,
     pub elapsed: Duration,
+    /// Every command with its invocation and completion times (since the
+    /// workload started) and its parsed result: what `crate::check` checks.
+    pub history: Vec<crate::check::Op>,
 }
 
 /// Counters the clients update as they go, for the progress display.
@@ -306,6 +309,7 @@ impl Workload {
                 all.refused.extend(o.refused);
                 all.unknown.extend(o.unknown);
                 all.answers.extend(o.answers);
+                all.history.extend(o.history);
                 if let (Some(a), Some(h)) = (all.latency_us.as_mut(), o.latency_us.as_ref()) {
                     let _ = a.add(h);
                 }
@@ -364,8 +368,25 @@ fn client_loop(
             )
         };
         let sent = Instant::now();
+        let invoke_ns = started.elapsed().as_nanos() as u64;
+        let parsed = crate::check::Command::parse(&command);
         let result = client.call(Bytes::from(command));
         let took = sent.elapsed();
+        if let Some(parsed) = parsed {
+            let op_result = result
+                .as_ref()
+                .ok()
+                .and_then(|r| crate::check::parse_response(out.history.len(), &r.body).ok());
+            out.history.push(crate::check::Op {
+                client: c as u64,
+                invoke_ns,
+                complete_ns: op_result
+                    .as_ref()
+                    .map(|_| started.elapsed().as_nanos() as u64),
+                command: parsed,
+                result: op_result,
+            });
+        }
         match (&result, reference) {
             (Ok(_), None) => out.reads += 1,
             (Ok(r), Some(reference)) if r.status == 0 => {
