@@ -604,7 +604,7 @@ fn search(
                 reason: format!("step budget of {} exhausted", budget.steps_max),
             };
         }
-        if *steps % 4096 == 0 {
+        if (*steps).is_multiple_of(4096) {
             if let Some(d) = budget.deadline {
                 if Instant::now() >= d {
                     return Verdict::Unknown {
