@@ -185,6 +185,18 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Appends `text` (TOML) to every server's configuration file; call
+    /// before `start`.
+    pub fn append_config(&self, text: &str) -> Result<(), DemoError> {
+        for id in self.addrs.keys() {
+            let path = self.config_path(*id);
+            let mut current = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+            current.push_str(text);
+            std::fs::write(&path, current).map_err(io_err(&path))?;
+        }
+        Ok(())
+    }
+
     /// Starts every server that is not running.
     pub fn start_all(&mut self) -> Result<(), DemoError> {
         let ids: Vec<u64> = self

@@ -194,7 +194,7 @@ fn drive(cluster: &mut LocalCluster, opts: &DemoOptions) -> Result<DemoReport, D
     check_history(&client_cfg, opts.clients.max(4), &outcome, &mut report)?;
     check_audit(&mut admin, names.len() as u64, &mut report)?;
     check_replicas(cluster, &destroyed, &mut report)?;
-    report.text = outcome.describe(opts.seconds);
+    report.text = outcome.describe(opts.seconds, opts.calm);
     print!("{}", report.text);
     let rows: Vec<_> = cluster
         .addrs
@@ -417,7 +417,7 @@ fn client_loop(
 }
 
 impl Outcome {
-    pub fn describe(&self, seconds: u64) -> String {
+    pub fn describe(&self, seconds: u64, calm: bool) -> String {
         let mut s = String::new();
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         let answered = self.answers.len() as f64;
@@ -447,8 +447,13 @@ impl Outcome {
             .unwrap_or_default();
         let _ = writeln!(
             s,
-            "longest time without any answer: {:.0} ms (the crash and the destruction fall in the run)",
-            gap.as_secs_f64() * 1e3
+            "longest time without any answer: {:.0} ms{}",
+            gap.as_secs_f64() * 1e3,
+            if calm {
+                " (a calm run)"
+            } else {
+                " (the crash and the destruction fall in the run)"
+            }
         );
         s
     }
@@ -564,50 +569,89 @@ pub fn check_replicas(
         .filter(|id| !destroyed.contains(id))
         .collect();
     loop {
-        let rows = cluster.statuses();
-        let states: Vec<_> = rows
-            .iter()
-            .filter(|(id, _)| survivors.contains(id))
-            .filter_map(|(_, s)| s.as_ref().ok())
-            .map(|s| (s.applied_index, s.commit_index, s.state_hash.clone()))
-            .collect();
-        let settled = states.len() == survivors.len()
-            && states.windows(2).all(|w| w[0] == w[1])
-            && states.first().is_some_and(|s| s.0 == s.1);
-        if settled {
-            let (applied, _, hash) = &states[0];
-            say(&format!(
-                "replicas: servers {survivors:?} all applied index {applied}, state hash {}",
-                &hash[..16.min(hash.len())]
-            ));
-            break;
+        let Some(settled) = settled_state(cluster, &survivors, deadline, report) else {
+            return Ok(());
+        };
+        let mut files = Vec::new();
+        for &id in &survivors {
+            files.push((id, committed_files(&cluster.data_dir(id).join("state"))?));
+        }
+        // A late command (a client retry, an expiry) can commit while the
+        // files are read; then the copies were taken at different indexes
+        // and prove nothing: read again once the servers settle anew.
+        if current_states(cluster, &survivors).as_ref() != Some(&settled) {
+            if Instant::now() > deadline {
+                report
+                    .failures
+                    .push("REPLICAS KEPT CHANGING while their files were compared".into());
+                return Ok(());
+            }
+            continue;
+        }
+        let (applied, _, hash) = &settled[0];
+        say(&format!(
+            "replicas: servers {survivors:?} all applied index {applied}, state hash {}",
+            &hash[..16.min(hash.len())]
+        ));
+        let Some((first, reference)) = files.first() else {
+            return Ok(());
+        };
+        for (id, theirs) in &files[1..] {
+            if theirs != reference {
+                report.failures.push(format!(
+                    "FILES DIFFER between server {first} and server {id}"
+                ));
+            }
+        }
+        say(&format!(
+            "replicas: committed files byte-identical on the survivors ({} files)",
+            reference.len()
+        ));
+        return Ok(());
+    }
+}
+
+/// (applied index, commit index, state hash) of each survivor, if every
+/// one answered.
+type States = Vec<(u64, u64, String)>;
+
+fn current_states(cluster: &LocalCluster, survivors: &[u64]) -> Option<States> {
+    let rows = cluster.statuses();
+    let states: States = rows
+        .iter()
+        .filter(|(id, _)| survivors.contains(id))
+        .filter_map(|(_, s)| s.as_ref().ok())
+        .map(|s| (s.applied_index, s.commit_index, s.state_hash.clone()))
+        .collect();
+    (states.len() == survivors.len()).then_some(states)
+}
+
+/// Waits until every survivor applied its whole commit and all agree on
+/// the applied index and state hash; `None` (with a failure recorded) if
+/// that does not happen by `deadline`.
+fn settled_state(
+    cluster: &LocalCluster,
+    survivors: &[u64],
+    deadline: Instant,
+    report: &mut DemoReport,
+) -> Option<States> {
+    loop {
+        if let Some(states) = current_states(cluster, survivors) {
+            let agreed = states.windows(2).all(|w| w[0] == w[1])
+                && states.first().is_some_and(|s| s.0 == s.1);
+            if agreed {
+                return Some(states);
+            }
         }
         if Instant::now() > deadline {
-            report
-                .failures
-                .push(format!("REPLICAS DID NOT CONVERGE:\n{}", render(&rows)));
-            return Ok(());
+            report.failures.push(format!(
+                "REPLICAS DID NOT CONVERGE:\n{}",
+                render(&cluster.statuses())
+            ));
+            return None;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let mut reference: Option<(u64, BTreeMap<String, Vec<u8>>)> = None;
-    for &id in &survivors {
-        let files = committed_files(&cluster.data_dir(id).join("state"))?;
-        match &reference {
-            None => reference = Some((id, files)),
-            Some((first, theirs)) if *theirs != files => report.failures.push(format!(
-                "FILES DIFFER between server {first} and server {id}"
-            )),
-            Some(_) => {}
-        }
-    }
-    if let Some((_, files)) = reference {
-        say(&format!(
-            "replicas: committed files byte-identical on the survivors ({} files)",
-            files.len()
-        ));
-    }
-    Ok(())
 }
 
 /// Every file of the committed directory (`base.<gen>/`), by relative path.

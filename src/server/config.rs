@@ -199,6 +199,11 @@ pub struct PipelineConfig {
     pub sessions_max: usize,
     /// Largest delta part in one log entry.
     pub entry_bytes_max: u64,
+    /// TEST ONLY: a deliberate bug in the pipeline (for example
+    /// "release-before-commit"), so that the fault-injection suite can show
+    /// it catches one. Never set it on a server that holds real data.
+    #[doc(hidden)]
+    pub test_mutation: String,
 }
 
 impl Default for PipelineConfig {
@@ -208,6 +213,7 @@ impl Default for PipelineConfig {
             queued_requests_max: 4096,
             sessions_max: 100_000,
             entry_bytes_max: 4 << 20,
+            test_mutation: "none".into(),
         }
     }
 }
@@ -285,6 +291,13 @@ impl NodeConfig {
                 ),
             );
         }
+        if let Err(e) = self
+            .pipeline
+            .test_mutation
+            .parse::<crate::replica::ReplicaMutation>()
+        {
+            return bad("pipeline.test_mutation", e);
+        }
         Ok(())
     }
 
@@ -321,6 +334,7 @@ impl NodeConfig {
                 response_bytes_max: self.app.response_bytes_max,
                 compact_entries: self.log.compact_entries,
                 compact_keep_entries: self.log.compact_keep_entries,
+                mutation: self.pipeline.test_mutation.parse().unwrap_or_default(),
                 ..ReplicaConfig::default()
             },
         }

@@ -50,6 +50,12 @@ pub enum ServeError {
 
 /// Runs server `cfg.id` until SIGTERM or SIGINT.
 pub fn run(cfg: &NodeConfig) -> Result<(), ServeError> {
+    if cfg.pipeline.test_mutation != "none" {
+        tracing::error!(
+            mutation = %cfg.pipeline.test_mutation,
+            "THIS SERVER RUNS A DELIBERATE BUG (pipeline.test_mutation): tests only; it will lose acknowledged data"
+        );
+    }
     let replica = open_replica(cfg)?;
     tracing::info!(
         id = cfg.id,
