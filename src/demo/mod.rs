@@ -576,9 +576,14 @@ pub fn check_replicas(
         for &id in &survivors {
             files.push((id, committed_files(&cluster.data_dir(id).join("state"))?));
         }
-        // A late command (a client retry, an expiry) can commit while the
-        // files are read; then the copies were taken at different indexes
-        // and prove nothing: read again once the servers settle anew.
+        // The status a server publishes is refreshed on its tick, so it
+        // can lag its state by one tick: the last command answered may
+        // apply on the leader while the files are read, before the
+        // followers learn it committed. Then the copies were taken at
+        // different indexes and prove nothing. Statuses that still agree
+        // well after the read (many ticks) prove the files were read at
+        // the settled index; otherwise read again.
+        std::thread::sleep(STATUS_LAG_MAX);
         if current_states(cluster, &survivors).as_ref() != Some(&settled) {
             if Instant::now() > deadline {
                 report
@@ -610,6 +615,10 @@ pub fn check_replicas(
         return Ok(());
     }
 }
+
+/// Longer than many server ticks (5 ms by default): a published status
+/// is at most one tick old.
+const STATUS_LAG_MAX: Duration = Duration::from_millis(500);
 
 /// (applied index, commit index, state hash) of each survivor, if every
 /// one answered.
