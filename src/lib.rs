@@ -15,6 +15,9 @@
 //!   (linearizability against the accounts model, and invariants).
 //! - [`faultnet`]: network faults for real processes (a private network
 //!   namespace and iptables rules inside it).
+//! - [`faultdisk`]: a small loop-mounted filesystem that tests fill up.
+//! - [`nemesis`]: the randomized fault run against real servers
+//!   (`bunker nemesis --seed S --seconds N`), checked epoch by epoch.
 //! - [`accounts`]: the example application, built into the `bunker` executable.
 //! - [`wire`]: the versioned wire encoding of consensus messages.
 
@@ -25,7 +28,9 @@ pub mod check;
 pub mod client;
 pub mod delta;
 pub mod demo;
+pub mod faultdisk;
 pub mod faultnet;
+pub mod nemesis;
 pub mod raft;
 pub mod replica;
 pub mod server;

@@ -46,6 +46,10 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Five servers in a private network namespace under a seeded sequence
+    /// of faults (partitions, loss, kills, pauses), every epoch checked
+    /// (needs root, `ip` and `iptables`).
+    Nemesis(NemesisArgs),
     /// Send one command to the cluster and print its response.
     Exec(bunker::client::ExecArgs),
     /// Show every server's role, term, indexes, lag and state hash.
@@ -105,6 +109,34 @@ struct DemoArgs {
     calm: bool,
 }
 
+#[derive(clap::Args)]
+struct NemesisArgs {
+    /// Seed of the fault sequence (faults, durations, victims by role).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Total length of the run in seconds.
+    #[arg(long, default_value_t = 120)]
+    seconds: u64,
+    /// Length of one epoch's fault phase; each epoch is checked on its own.
+    #[arg(long, default_value_t = 60)]
+    epoch_seconds: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Accounts opened per epoch.
+    #[arg(long, default_value_t = 10)]
+    accounts: usize,
+    /// Faults to draw from, comma-separated (all by default): partition,
+    /// leader-isolated, ring, bridge, one-peer, deaf-leader, mute-leader,
+    /// loss, one-way-loss, flapping, kill, kill-two, pause.
+    #[arg(long, value_delimiter = ',')]
+    faults: Vec<bunker::nemesis::FaultKind>,
+    /// Where to put the cluster (kept); a temporary directory, removed
+    /// after a clean run, by default.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
 fn parse_id_addr(s: &str) -> Result<(u64, SocketAddr), String> {
     let (id, addr) = s.split_once('=').ok_or("expected id=host:port")?;
     let id = id.parse().map_err(|e| format!("server id {id:?}: {e}"))?;
@@ -124,10 +156,13 @@ fn main() -> ExitCode {
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
             )
             .with_writer(std::io::stderr)
+            // Colour codes only for a person at a terminal, never in a log file.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
     match cli.command {
         Cmd::Demo(args) => run_demo(args),
+        Cmd::Nemesis(args) => run_nemesis(args),
         Cmd::Serve { config } => run_serve(&config),
         Cmd::Exec(args) => bunker::client::run_exec(args),
         Cmd::Status { config, metrics } => run_status(config, metrics),
@@ -170,6 +205,50 @@ fn run_demo(args: DemoArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("bunker demo: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_nemesis(args: NemesisArgs) -> ExitCode {
+    if let Err(why) = bunker::faultnet::available() {
+        eprintln!("bunker nemesis: cannot inject network faults here: {why}");
+        return ExitCode::from(2);
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("bunker nemesis: cannot find this executable to start the servers: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = bunker::nemesis::NemesisOptions {
+        seed: args.seed,
+        seconds: args.seconds,
+        epoch_seconds: args.epoch_seconds.max(5),
+        clients: args.clients.max(1),
+        accounts: args.accounts.max(2),
+        faults: args.faults,
+        dir: args.dir,
+        exe,
+        config_extra: String::new(),
+    };
+    match bunker::nemesis::run(&opts) {
+        Ok(report) => {
+            println!("{}", report.text);
+            if report.failures.is_empty() {
+                println!("[nemesis] PASS: every check of every epoch passed");
+                ExitCode::SUCCESS
+            } else {
+                for f in &report.failures {
+                    println!("[nemesis] {f}");
+                }
+                println!("[nemesis] FAIL: {} check(s) failed", report.failures.len());
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("bunker nemesis: {e}");
             ExitCode::from(2)
         }
     }

@@ -246,6 +246,19 @@ impl LocalCluster {
         }
     }
 
+    /// SIGSTOP (`stop = true`) or SIGCONT to server `id`'s process: a
+    /// pause the server cannot notice until it runs again.
+    pub fn signal_pause(&self, id: u64, stop: bool) {
+        if let Some(child) = self.children.get(&id) {
+            let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: kill(2) on the pid of a child we own and have not
+            // reaped; it cannot name another process.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, sig);
+            }
+        }
+    }
+
     /// Kills every server of `ids` at once, then deletes their data.
     pub fn destroy(&mut self, ids: &[u64]) -> Result<(), DemoError> {
         let mut victims: Vec<Child> = ids

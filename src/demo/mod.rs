@@ -251,6 +251,17 @@ pub struct Workload {
 
 impl Workload {
     pub fn start(cfg: &ClientConfig, clients: usize, names: Vec<String>) -> Workload {
+        Workload::start_tagged(cfg, clients, names, "")
+    }
+
+    /// As `start`, with every transfer reference prefixed by `tag`, so
+    /// that several workloads against one cluster never share references.
+    pub fn start_tagged(
+        cfg: &ClientConfig,
+        clients: usize,
+        names: Vec<String>,
+        tag: &str,
+    ) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let names = Arc::new(names);
@@ -261,7 +272,10 @@ impl Workload {
                 let stop = stop.clone();
                 let names = names.clone();
                 let progress = progress.clone();
-                std::thread::spawn(move || client_loop(c, cfg, &names, &stop, &progress, started))
+                let tag = format!("{tag}c{c}");
+                std::thread::spawn(move || {
+                    client_loop(c, &tag, cfg, &names, &stop, &progress, started)
+                })
             })
             .collect();
         Workload {
@@ -295,6 +309,17 @@ impl Workload {
         }
     }
 
+    /// When the workload started: `Outcome::answers` and the history's
+    /// times count from here.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Transfers acknowledged so far.
+    pub fn acknowledged(&self) -> u64 {
+        self.progress.acked.load(Ordering::Relaxed)
+    }
+
     pub fn stop(self) -> Outcome {
         self.stop.store(true, Ordering::Relaxed);
         let mut all = Outcome {
@@ -323,6 +348,7 @@ impl Workload {
 
 fn client_loop(
     c: usize,
+    tag: &str,
     cfg: ClientConfig,
     names: &[String],
     stop: &AtomicBool,
@@ -357,7 +383,7 @@ fn client_loop(
             (format!("balance {}", names[from]), None)
         } else {
             n += 1;
-            let reference = format!("c{c}-{n}");
+            let reference = format!("{tag}-{n}");
             let cents = 1 + next() % 5_000;
             (
                 format!(
