@@ -126,7 +126,7 @@ pub fn run(mut args: E2eArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn start(
+pub(crate) fn start(
     dir: &std::path::Path,
     exe: &std::path::Path,
     servers: u64,
@@ -153,7 +153,7 @@ fn start(
     Ok(cluster)
 }
 
-fn command(app: &str, client: usize, n: u64) -> Bytes {
+pub(crate) fn command(app: &str, client: usize, n: u64) -> Bytes {
     match app {
         "accounts" => {
             // Each client moves money between its own pair of accounts, so

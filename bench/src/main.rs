@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 
 mod accounts;
+mod anchors;
 mod delta;
 mod e2e;
 mod log;
@@ -35,6 +36,9 @@ enum Command {
     /// Real clusters end to end: 5 servers against 1 server (no
     /// replication), blob and accounts applications, 1/8/64 clients.
     E2e(e2e::E2eArgs),
+    /// Bunker against PostgreSQL (quorum sync replication), etcd and a
+    /// single server: throughput, latency, failover; table and plots.
+    Anchors(anchors::AnchorsArgs),
     /// Networking stacks: tokio (epoll) against tokio-uring, loopback.
     Net(net::NetArgs),
 }
@@ -64,6 +68,12 @@ fn main() {
         Command::E2e(args) => {
             if let Err(e) = e2e::run(args) {
                 eprintln!("bunker-bench e2e: {e}");
+                std::process::exit(1);
+            }
+        }
+        Command::Anchors(args) => {
+            if let Err(e) = anchors::run(args) {
+                eprintln!("bunker-bench anchors: {e}");
                 std::process::exit(1);
             }
         }

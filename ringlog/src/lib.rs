@@ -181,6 +181,22 @@ pub trait LogStore {
     /// after `snapshot` (a snapshot was installed).
     fn reset(&mut self, snapshot: LogId) -> Result<(), StorageError>;
 
+    /// Whether `append(entries)` would find room now (the ring is not too
+    /// full and not too much is waiting for a flush). A full log is a
+    /// transient condition the core answers with backpressure (a leader
+    /// refuses the proposal, a follower does not acknowledge) instead of a
+    /// fatal error; the room comes back as applied entries are released.
+    fn has_room(&self, entries: &[Entry]) -> bool {
+        let _ = entries;
+        true
+    }
+
+    /// How full the log's space is, in percent (0 for a log without a
+    /// fixed capacity): the replica releases the prefix early when it rises.
+    fn space_used_percent(&self) -> u8 {
+        0
+    }
+
     /// The durable term and vote.
     fn hard_state(&self) -> HardState;
 

@@ -758,6 +758,19 @@ impl<D: Disk> LogStore for RingLog<D> {
         self.snapshot
     }
 
+    fn has_room(&self, entries: &[Entry]) -> bool {
+        let sizes: Vec<usize> = entries.iter().map(|e| record_bytes(e.data.len())).collect();
+        let bytes: u64 = sizes.iter().map(|s| *s as u64).sum();
+        self.staged_entry_bytes + bytes <= self.options.unflushed_bytes_max
+            && self.fits(&sizes, CONTROL_RESERVE_BYTES)
+    }
+
+    fn space_used_percent(&self) -> u8 {
+        let count = self.superblock.segment_count;
+        let in_use = (self.tail + count - self.head) % count + 1;
+        (u64::from(in_use) * 100 / u64::from(count.max(1))).min(100) as u8
+    }
+
     fn last_id(&self) -> LogId {
         match self.slots.back() {
             Some(slot) => LogId::new(self.snapshot.index + self.slots.len() as u64, slot.term),

@@ -223,22 +223,37 @@ fn a_full_ring_rejects_appends_until_the_prefix_is_released() {
     })
     .unwrap();
     let mut index = 1;
+    let mut used = log.space_used_percent();
     let err = loop {
+        // `has_room` predicts `append` exactly: the core relies on it to
+        // turn a full ring into backpressure instead of a fatal error.
+        let room = log.has_room(&[entry(index, 1, 5000, 0)]);
         match log.append(&[entry(index, 1, 5000, 0)]) {
-            Ok(()) => index += 1,
-            Err(e) => break e,
+            Ok(()) => {
+                assert!(room, "has_room said no but entry {index} fit");
+                index += 1;
+            }
+            Err(e) => {
+                assert!(!room, "has_room said yes but entry {index} did not fit");
+                break e;
+            }
         }
         log.flush().unwrap();
+        assert!(log.space_used_percent() >= used, "space use only grows");
+        used = log.space_used_percent();
     };
     assert!(
         matches!(err, StorageError::Full(ref why) if why.contains("ring is full")),
         "{err}"
     );
+    assert!(used >= 50, "a full ring reports {used}% used");
     let last = log.last_id();
     assert_eq!(last.index, index - 1);
     // Releasing works even when the ring is full, and frees segments.
     log.release_to(last.index - 1).unwrap();
     log.flush().unwrap();
+    assert!(log.has_room(&[entry(index, 1, 5000, 0)]));
+    assert!(log.space_used_percent() < used, "a release frees space");
     for _ in 0..20 {
         log.append(&[entry(index, 1, 5000, 0)]).unwrap();
         log.flush().unwrap();

@@ -188,11 +188,16 @@ impl LocalCluster {
     /// Appends `text` (TOML) to every server's configuration file; call
     /// before `start`.
     pub fn append_config(&self, text: &str) -> Result<(), DemoError> {
+        self.edit_config(|current| format!("{current}{text}"))
+    }
+
+    /// Rewrites every server's configuration file with `edit`; call
+    /// before `start`.
+    pub fn edit_config(&self, edit: impl Fn(&str) -> String) -> Result<(), DemoError> {
         for id in self.addrs.keys() {
             let path = self.config_path(*id);
-            let mut current = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-            current.push_str(text);
-            std::fs::write(&path, current).map_err(io_err(&path))?;
+            let current = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+            std::fs::write(&path, edit(&current)).map_err(io_err(&path))?;
         }
         Ok(())
     }

@@ -43,6 +43,8 @@ pub enum ProposeError {
     Backpressure { uncommitted: u64 },
     #[error("entry of {size_bytes} bytes exceeds the maximum of {max_bytes}")]
     TooLarge { size_bytes: u64, max_bytes: u64 },
+    #[error("the log has no room now (its applied prefix is not yet released); retry later")]
+    LogFull,
     #[error(transparent)]
     Fatal(#[from] CoreError),
 }
@@ -446,6 +448,9 @@ impl<L: LogStore> Raft<L> {
                 data: data.clone(),
             })
             .collect();
+        if !self.log.has_room(&entries) {
+            return Err(ProposeError::LogFull);
+        }
         let range = ProposedRange {
             first: entries[0].id(),
             last: entries[entries.len() - 1].id(),
@@ -973,6 +978,13 @@ impl<L: LogStore> Raft<L> {
             .position(|e| self.log.term(e.index) != Some(e.term));
         if let Some(pos) = new_from {
             let first = entries[pos].index;
+            // A full log is backpressure, not a failure: take nothing and
+            // acknowledge nothing (as if the message were lost); the leader
+            // sends again, and the room comes back as this server applies
+            // and releases its log prefix.
+            if !self.log.has_room(&entries[pos..]) {
+                return Ok(());
+            }
             if first <= self.log.last_id().index {
                 if first <= self.commit {
                     return Ok(()); // would overwrite a committed entry: a faulty peer

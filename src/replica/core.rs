@@ -14,6 +14,12 @@ use bytes::Bytes;
 use ringlog::{EntryKind, Index, LogId, LogStore, NodeId, Term};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+/// Log space use (percent of the ring) at which the applied prefix is
+/// released whatever the entry count, and at which even the entries kept
+/// for lagging followers go (they get a snapshot instead).
+const LOG_SPACE_RELEASE_PERCENT: u8 = 50;
+const LOG_SPACE_URGENT_PERCENT: u8 = 75;
+
 /// Tunables of the pipeline. Every queue has a limit.
 #[derive(Clone, Debug)]
 pub struct ReplicaConfig {
@@ -976,7 +982,11 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
                 self.rollback_due = true;
                 Ok(())
             }
-            Err(e @ (ProposeError::Backpressure { .. } | ProposeError::TooLarge { .. })) => {
+            Err(
+                e @ (ProposeError::Backpressure { .. }
+                | ProposeError::TooLarge { .. }
+                | ProposeError::LogFull),
+            ) => {
                 // The working copy holds a delta that will never be
                 // proposed: undo it once the pipeline has committed.
                 self.leading.as_mut().expect("leading").draining = true;
@@ -1282,11 +1292,24 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         self.drain_raft()
     }
 
+    /// Releases the log prefix that the state holds durably: every
+    /// `compact_entries` entries, or sooner when the log's space fills up
+    /// (entries can be large: a count alone let the ring fill, found by
+    /// the nemesis), keeping `compact_keep_entries` for followers that lag a
+    /// little unless the space is nearly gone.
     fn maybe_compact(&mut self) -> Result<(), ReplicaError> {
         let durable = self.engine.status().state_index.min(self.applied);
         let released = self.raft.log().snapshot_id().index;
-        if durable > released + self.cfg.compact_entries + self.cfg.compact_keep_entries {
-            self.raft.compact(durable - self.cfg.compact_keep_entries)?;
+        let used = self.raft.log().space_used_percent();
+        let keep = if used >= LOG_SPACE_URGENT_PERCENT {
+            0
+        } else {
+            self.cfg.compact_keep_entries
+        };
+        let due = durable > released + self.cfg.compact_entries + keep
+            || (used >= LOG_SPACE_RELEASE_PERCENT && durable > released + keep);
+        if due {
+            self.raft.compact(durable - keep)?;
             self.drain_raft()?;
         }
         Ok(())
