@@ -690,25 +690,20 @@ fn settled_state(
 }
 
 /// Every file of the committed directory (`base.<gen>/`), by relative path.
+/// The generation is the one the durable metadata names: a higher one can
+/// exist while a snapshot is being received or before an old one is
+/// removed, and is not the committed state.
 fn committed_files(state: &Path) -> Result<BTreeMap<String, Vec<u8>>, DemoError> {
-    let entries = std::fs::read_dir(state).map_err(io_err(state))?;
-    // The committed directory is `base.<gen>`; a snapshot install moves
-    // it to a higher generation and removes the old one.
-    let mut base: Option<(u64, PathBuf)> = None;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(gen) = name
-            .strip_prefix("base.")
-            .and_then(|g| g.parse::<u64>().ok())
-        {
-            if base.as_ref().is_none_or(|(g, _)| gen > *g) {
-                base = Some((gen, entry.path()));
-            }
-        }
-    }
-    let base = base.map(|(_, path)| path);
+    let gen = crate::delta::RealTree::open(state)
+        .ok()
+        .and_then(|mut tree| crate::delta::meta::read(&mut tree).ok().flatten())
+        .map(|record| record.gen);
     let mut files = BTreeMap::new();
-    if let Some(base) = base {
+    let Some(gen) = gen else {
+        return Ok(files);
+    };
+    let base = state.join(format!("base.{gen}"));
+    if base.is_dir() {
         collect(&base, &base, &mut files)?;
     }
     Ok(files)
