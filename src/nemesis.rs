@@ -102,6 +102,9 @@ pub enum NemesisError {
 pub enum FaultKind {
     /// Two servers against three, the leader on a random side.
     Partition,
+    /// Three groups, 2 | 2 | 1: no majority anywhere (nothing may be
+    /// answered; everything must resume after).
+    Split,
     /// The leader alone.
     LeaderIsolated,
     /// Each server reaches only its two neighbours on a ring.
@@ -130,8 +133,9 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::Partition,
+        FaultKind::Split,
         FaultKind::LeaderIsolated,
         FaultKind::Ring,
         FaultKind::Bridge,
@@ -149,6 +153,7 @@ impl FaultKind {
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Partition => "partition",
+            FaultKind::Split => "split",
             FaultKind::LeaderIsolated => "leader-isolated",
             FaultKind::Ring => "ring",
             FaultKind::Bridge => "bridge",
@@ -581,6 +586,158 @@ pub fn find_all(
 
 // ----------------------------------------------------------------- faults
 
+/// What one fault does, decided before anything is touched: a pure
+/// function of the kind, the RNG and who leads (unit-tested for every
+/// kind).
+#[derive(Debug, Default)]
+struct Plan {
+    /// Directed links whose every packet is dropped.
+    cut: BTreeSet<(u64, u64)>,
+    /// Directed links that drop packets with a probability.
+    loss: Vec<(u64, u64, f64)>,
+    kill: BTreeSet<u64>,
+    pause: BTreeSet<u64>,
+    /// A partition (one side, the other) switched on and off.
+    flap: Option<(Vec<u64>, Vec<u64>)>,
+}
+
+fn two_way(cut: &mut BTreeSet<(u64, u64)>, a: &[u64], b: &[u64]) {
+    for &x in a {
+        for &y in b {
+            cut.insert((x, y));
+            cut.insert((y, x));
+        }
+    }
+}
+
+fn others(ids: &[u64], not: &[u64]) -> Vec<u64> {
+    ids.iter().copied().filter(|i| !not.contains(i)).collect()
+}
+
+fn plan(kind: FaultKind, rng: &mut ChaCha8Rng, leader: Option<u64>) -> Plan {
+    let ids: Vec<u64> = (1..=SERVERS).collect();
+    let mut shuffled = ids.clone();
+    shuffle(rng, &mut shuffled);
+    // A victim: the leader half the time (when there is one), else anyone;
+    // and a second server that is not the victim.
+    let victim = match leader {
+        Some(l) if rng.gen_bool(0.5) => l,
+        _ => shuffled[0],
+    };
+    let second = *shuffled.iter().find(|i| **i != victim).unwrap_or(&victim);
+    let leader_or_any = leader.unwrap_or(shuffled[0]);
+    let mut p = Plan::default();
+    match kind {
+        FaultKind::Partition => {
+            two_way(
+                &mut p.cut,
+                &[victim, second],
+                &others(&ids, &[victim, second]),
+            );
+        }
+        FaultKind::Split => {
+            // 2 | 2 | 1: no side has a majority.
+            let (a, b, c) = (&shuffled[0..2], &shuffled[2..4], &shuffled[4..5]);
+            two_way(&mut p.cut, a, b);
+            two_way(&mut p.cut, a, c);
+            two_way(&mut p.cut, b, c);
+        }
+        FaultKind::LeaderIsolated => {
+            two_way(
+                &mut p.cut,
+                &[leader_or_any],
+                &others(&ids, &[leader_or_any]),
+            );
+        }
+        FaultKind::Ring => {
+            // Positions on the ring in shuffled order; cut every link that
+            // is not between neighbours.
+            let n = shuffled.len();
+            for i in 0..n {
+                for j in 0..n {
+                    let d = (i + n - j) % n;
+                    if i != j && d != 1 && d != n - 1 {
+                        p.cut.insert((shuffled[i], shuffled[j]));
+                    }
+                }
+            }
+        }
+        FaultKind::Bridge => two_way(&mut p.cut, &shuffled[0..2], &shuffled[3..5]),
+        FaultKind::OnePeer => {
+            two_way(&mut p.cut, &[victim], &others(&ids, &[victim, second]));
+        }
+        FaultKind::DeafLeader => {
+            for o in others(&ids, &[leader_or_any]) {
+                p.cut.insert((o, leader_or_any));
+            }
+        }
+        FaultKind::MuteLeader => {
+            for o in others(&ids, &[leader_or_any]) {
+                p.cut.insert((leader_or_any, o));
+            }
+        }
+        FaultKind::Loss => {
+            for &a in &ids {
+                for &b in ids.iter().filter(|b| **b != a) {
+                    p.loss.push((a, b, rng.gen_range(0.0..0.4)));
+                }
+            }
+        }
+        FaultKind::OneWayLoss => p.loss.push((victim, second, rng.gen_range(0.5..1.0))),
+        FaultKind::Flapping => {
+            p.flap = Some((vec![victim, second], others(&ids, &[victim, second])));
+        }
+        FaultKind::Kill => {
+            p.kill.insert(victim);
+        }
+        FaultKind::KillTwo => {
+            p.kill.insert(victim);
+            p.kill.insert(second);
+        }
+        FaultKind::Pause => {
+            p.pause.insert(victim);
+        }
+    }
+    p
+}
+
+impl Plan {
+    /// Whether 3 or more servers can exchange messages while the fault
+    /// holds (in both phases of a flapping partition).
+    fn majority(&self) -> bool {
+        let ids: Vec<u64> = (1..=SERVERS).collect();
+        let down: BTreeSet<u64> = self.kill.union(&self.pause).copied().collect();
+        let mut cut = self.cut.clone();
+        if let Some((a, b)) = &self.flap {
+            two_way(&mut cut, a, b);
+        }
+        majority_connected(&ids, &self.cut, &down) && majority_connected(&ids, &cut, &down)
+    }
+
+    fn describe(&self) -> String {
+        let mut s = String::new();
+        if !self.kill.is_empty() {
+            let _ = write!(s, ", killed {:?}", self.kill);
+        }
+        if !self.pause.is_empty() {
+            let _ = write!(s, ", paused {:?}", self.pause);
+        }
+        if !self.cut.is_empty() {
+            let _ = write!(s, ", cut {}", links(&self.cut));
+        }
+        if !self.loss.is_empty() {
+            let _ = write!(s, ", loss");
+            for (a, b, p) in &self.loss {
+                let _ = write!(s, " {a}>{b}:{:.0}%", p * 100.0);
+            }
+        }
+        if let Some((a, b)) = &self.flap {
+            let _ = write!(s, ", flapping {a:?} | {b:?}");
+        }
+        s
+    }
+}
+
 /// Applies `kind` for `hold`, then undoes it. Returns whether 3 or more
 /// servers could exchange messages meanwhile.
 fn inject(
@@ -591,175 +748,63 @@ fn inject(
     hold: Duration,
 ) -> Result<bool, NemesisError> {
     let leader = current_leader(cluster);
-    // A victim: the leader half the time (when there is one), else anyone.
-    let victim = |rng: &mut ChaCha8Rng| match leader {
-        Some(l) if rng.gen_bool(0.5) => l,
-        _ => rng.gen_range(1..=SERVERS),
-    };
-    let ids: Vec<u64> = (1..=SERVERS).collect();
-    let mut cut: BTreeSet<(u64, u64)> = BTreeSet::new();
-    let mut down: BTreeSet<u64> = BTreeSet::new();
-    let two_way = |cut: &mut BTreeSet<(u64, u64)>, a: &[u64], b: &[u64]| {
-        for &x in a {
-            for &y in b {
-                cut.insert((x, y));
-                cut.insert((y, x));
-            }
-        }
-    };
-    let mut shuffled = ids.clone();
-    shuffle(rng, &mut shuffled);
-    let mut detail = String::new();
-    match kind {
-        FaultKind::Partition => {
-            let v = victim(rng);
-            let other = *shuffled.iter().find(|i| **i != v).unwrap_or(&v);
-            let small = [v, other];
-            let rest: Vec<u64> = ids.iter().copied().filter(|i| !small.contains(i)).collect();
-            two_way(&mut cut, &small, &rest);
-        }
-        FaultKind::LeaderIsolated => {
-            let v = leader.unwrap_or(shuffled[0]);
-            let rest: Vec<u64> = ids.iter().copied().filter(|i| *i != v).collect();
-            two_way(&mut cut, &[v], &rest);
-        }
-        FaultKind::Ring => {
-            // Positions on the ring in shuffled order; cut every link that
-            // is not between neighbours.
-            for i in 0..shuffled.len() {
-                for j in 0..shuffled.len() {
-                    let d = (i + shuffled.len() - j) % shuffled.len();
-                    if i != j && d != 1 && d != shuffled.len() - 1 {
-                        cut.insert((shuffled[i], shuffled[j]));
-                    }
-                }
-            }
-        }
-        FaultKind::Bridge => {
-            let (left, mid, right) = (&shuffled[0..2], shuffled[2], &shuffled[3..5]);
-            two_way(&mut cut, left, right);
-            let _ = mid;
-        }
-        FaultKind::OnePeer => {
-            let v = victim(rng);
-            let peer = *shuffled.iter().find(|i| **i != v).unwrap_or(&v);
-            let rest: Vec<u64> = ids
-                .iter()
-                .copied()
-                .filter(|i| *i != v && *i != peer)
-                .collect();
-            two_way(&mut cut, &[v], &rest);
-        }
-        FaultKind::DeafLeader | FaultKind::MuteLeader => {
-            let v = leader.unwrap_or(shuffled[0]);
-            for o in ids.iter().copied().filter(|i| *i != v) {
-                if kind == FaultKind::DeafLeader {
-                    cut.insert((o, v));
-                } else {
-                    cut.insert((v, o));
-                }
-            }
-        }
-        FaultKind::Loss => {
-            for &a in &ids {
-                for &b in ids.iter().filter(|b| **b != a) {
-                    let p = rng.gen_range(0.0..0.4);
-                    ns.drop_link(server_ip(a), server_ip(b), p)?;
-                    let _ = write!(detail, " {a}>{b}:{:.0}%", p * 100.0);
-                }
-            }
-        }
-        FaultKind::OneWayLoss => {
-            let a = victim(rng);
-            let b = *shuffled.iter().find(|i| **i != a).unwrap_or(&a);
-            let p = rng.gen_range(0.5..1.0);
-            ns.drop_link(server_ip(a), server_ip(b), p)?;
-            let _ = write!(detail, " {a}>{b}:{:.0}%", p * 100.0);
-        }
-        FaultKind::Flapping => {
-            let v = victim(rng);
-            say(&format!("fault flapping for {:.1} s", hold.as_secs_f64()));
-            let other = *shuffled.iter().find(|i| **i != v).unwrap_or(&v);
-            let small = [server_ip(v), server_ip(other)];
-            let rest: Vec<_> = ids
-                .iter()
-                .filter(|i| **i != v && **i != other)
-                .map(|i| server_ip(*i))
-                .collect();
-            let until = Instant::now() + hold;
-            let mut cut_now = false;
-            while Instant::now() < until {
-                if cut_now {
-                    ns.heal()?;
-                } else {
-                    ns.partition(&small, &rest)?;
-                }
-                cut_now = !cut_now;
-                let step = Duration::from_millis(rng.gen_range(FLAP_MS.0..=FLAP_MS.1));
-                std::thread::sleep(step.min(until.saturating_duration_since(Instant::now())));
-            }
-            ns.heal()?;
-            // The three stay connected in both phases.
-            return Ok(true);
-        }
-        FaultKind::Kill | FaultKind::KillTwo => {
-            down.insert(victim(rng));
-            if kind == FaultKind::KillTwo {
-                let second = *shuffled.iter().find(|i| !down.contains(i)).unwrap_or(&1);
-                down.insert(second);
-            }
-            for &id in &down {
-                cluster.kill(id);
-            }
-        }
-        FaultKind::Pause => {
-            down.insert(victim(rng));
-            for &id in &down {
-                cluster.signal_pause(id, true);
-            }
-        }
-    }
-    for &(a, b) in &cut {
-        ns.drop_link(server_ip(a), server_ip(b), 1.0)?;
-    }
-    let majority = majority_connected(&ids, &cut, &down);
+    let plan = plan(kind, rng, leader);
     say(&format!(
-        "fault {} for {:.1} s: {}{}{}{}",
+        "fault {} for {:.1} s: {}{}",
         kind.name(),
         hold.as_secs_f64(),
         leader.map_or("no leader".to_string(), |l| format!("leader {l}")),
-        if down.is_empty() {
-            String::new()
-        } else {
-            format!(", down {down:?}")
-        },
-        if cut.is_empty() {
-            String::new()
-        } else {
-            format!(", cut {}", links(&cut))
-        },
-        if detail.is_empty() {
-            String::new()
-        } else {
-            format!(", loss{detail}")
-        },
+        plan.describe()
     ));
-    std::thread::sleep(hold);
-    ns.heal()?;
-    match kind {
-        FaultKind::Pause => {
-            for &id in &down {
-                cluster.signal_pause(id, false);
-            }
-        }
-        FaultKind::Kill | FaultKind::KillTwo => {
-            for &id in &down {
-                cluster.start(id)?;
-            }
-        }
-        _ => {}
+    for &(a, b) in &plan.cut {
+        ns.drop_link(server_ip(a), server_ip(b), 1.0)?;
     }
-    Ok(majority)
+    for &(a, b, p) in &plan.loss {
+        ns.drop_link(server_ip(a), server_ip(b), p)?;
+    }
+    for &id in &plan.kill {
+        cluster.kill(id);
+    }
+    for &id in &plan.pause {
+        cluster.signal_pause(id, true);
+    }
+    match &plan.flap {
+        Some((a, b)) => flap(ns, rng, a, b, hold)?,
+        None => std::thread::sleep(hold),
+    }
+    ns.heal()?;
+    for &id in &plan.pause {
+        cluster.signal_pause(id, false);
+    }
+    for &id in &plan.kill {
+        cluster.start(id)?;
+    }
+    Ok(plan.majority())
+}
+
+/// Switches the partition `a | b` on and off for `hold`.
+fn flap(
+    ns: &Netns,
+    rng: &mut ChaCha8Rng,
+    a: &[u64],
+    b: &[u64],
+    hold: Duration,
+) -> Result<(), NemesisError> {
+    let a: Vec<_> = a.iter().map(|i| server_ip(*i)).collect();
+    let b: Vec<_> = b.iter().map(|i| server_ip(*i)).collect();
+    let until = Instant::now() + hold;
+    let mut cut_now = false;
+    while Instant::now() < until {
+        if cut_now {
+            ns.heal()?;
+        } else {
+            ns.partition(&a, &b)?;
+        }
+        cut_now = !cut_now;
+        let step = Duration::from_millis(rng.gen_range(FLAP_MS.0..=FLAP_MS.1));
+        std::thread::sleep(step.min(until.saturating_duration_since(Instant::now())));
+    }
+    Ok(())
 }
 
 /// `1>2 2>1 ...`: the directed links cut.
@@ -909,10 +954,9 @@ mod tests {
             }
         }
         assert!(majority_connected(&ids, &ring, &BTreeSet::new()));
-        // Two servers down and the rest cut apart: nobody has two peers.
+        // Two servers down and 3 cut off from 4 and 5: nobody has two peers.
         let mut cut = BTreeSet::new();
-        cut.insert((3, 4));
-        cut.insert((4, 3));
+        two_way(&mut cut, &[3], &[4, 5]);
         let down: BTreeSet<u64> = [1, 2].into_iter().collect();
         assert!(!majority_connected(&ids, &cut, &down));
         assert!(majority_connected(&ids, &BTreeSet::new(), &down));
@@ -931,6 +975,36 @@ mod tests {
         let a = availability(&[w], &answers);
         assert_eq!((a.slots, a.answered), (3, 2));
         assert_eq!(a.gap_max, Duration::from_millis(1_700));
+    }
+
+    #[test]
+    fn every_fault_but_the_three_way_split_keeps_a_majority_connected() {
+        for seed in 0..200 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            for kind in FaultKind::ALL {
+                let leader = (seed % 3 != 0).then_some(1 + seed % 5);
+                let p = plan(kind, &mut rng, leader);
+                assert_eq!(
+                    p.majority(),
+                    kind != FaultKind::Split,
+                    "seed {seed} {kind:?}: {}",
+                    p.describe()
+                );
+                match kind {
+                    FaultKind::Partition => assert_eq!(p.cut.len(), 12),
+                    FaultKind::Split => assert_eq!(p.cut.len(), 16),
+                    FaultKind::Ring => assert_eq!(p.cut.len(), 10),
+                    FaultKind::KillTwo => assert_eq!(p.kill.len(), 2),
+                    FaultKind::DeafLeader | FaultKind::MuteLeader => {
+                        assert_eq!(p.cut.len(), 4);
+                        if let Some(l) = leader {
+                            assert!(p.cut.iter().all(|(a, b)| *a == l || *b == l));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 
     #[test]

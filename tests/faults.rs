@@ -384,6 +384,13 @@ fn nemesis(faults: Vec<FaultKind>, seconds: u64, seed: u64) {
     assert!(report.acknowledged > 0, "nothing was acknowledged");
 }
 
+/// 2 | 2 | 1: no majority anywhere; nothing may be acknowledged that is
+/// later lost, and the cluster must come back once the network heals.
+#[test]
+fn three_way_split_without_a_majority() {
+    nemesis(vec![FaultKind::Split], 12, 18);
+}
+
 #[test]
 fn majorities_ring() {
     nemesis(vec![FaultKind::Ring], 12, 11);

@@ -126,7 +126,7 @@ struct NemesisArgs {
     /// Accounts opened per epoch.
     #[arg(long, default_value_t = 10)]
     accounts: usize,
-    /// Faults to draw from, comma-separated (all by default): partition,
+    /// Faults to draw from, comma-separated (all by default): partition, split,
     /// leader-isolated, ring, bridge, one-peer, deaf-leader, mute-leader,
     /// loss, one-way-loss, flapping, kill, kill-two, pause.
     #[arg(long, value_delimiter = ',')]
