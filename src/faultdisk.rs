@@ -44,7 +44,14 @@ pub fn available() -> Result<(), String> {
     if !Path::new("/dev/loop-control").exists() {
         return Err("no loop devices here (/dev/loop-control is missing)".into());
     }
-    Ok(())
+    // A container can have the control device and still refuse loop
+    // mounts: try one.
+    let probe = std::env::temp_dir().join(format!("bunker-loop-probe-{}", std::process::id()));
+    let result = SmallDisk::mount(&probe.with_extension("img"), &probe, 8)
+        .map(drop)
+        .map_err(|e| format!("cannot mount a loop device here: {e}"));
+    let _ = std::fs::remove_dir(&probe);
+    result
 }
 
 fn run(args: &[&str]) -> Result<(), DiskError> {
