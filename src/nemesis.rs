@@ -210,6 +210,11 @@ pub struct NemesisReport {
 pub struct Availability {
     pub slots: u64,
     pub answered: u64,
+    /// Commands invoked inside such windows, and how many of them got an
+    /// answer (the client library retries for up to its total timeout; an
+    /// unanswered command ended in "unavailable, outcome unknown").
+    pub commands: u64,
+    pub commands_answered: u64,
     pub gap_max: Duration,
     pub by_kind: std::collections::BTreeMap<&'static str, (u64, u64)>,
 }
@@ -425,7 +430,7 @@ impl EpochRun<'_> {
         );
         report.linearizable_ops += verdict.linearizable_ops;
         report.undecided_epochs += u64::from(verdict.undecided);
-        let avail = availability(&windows, &outcome.answers);
+        let avail = availability(&windows, &outcome.answers, &outcome.history);
         merge(&mut report.availability, &avail);
         report.issued += outcome.issued;
         report.acknowledged += outcome.acked.len() as u64;
@@ -849,12 +854,19 @@ fn shuffle(rng: &mut ChaCha8Rng, v: &mut [u64]) {
 /// window where a majority could talk counts; it is answered if a command
 /// was answered in it. The longest gap is the longest stretch without an
 /// answer inside such windows.
-fn availability(windows: &[Window], answers: &[Duration]) -> Availability {
+fn availability(windows: &[Window], answers: &[Duration], history: &[Op]) -> Availability {
     let mut a = Availability::default();
     for w in windows.iter().filter(|w| w.majority) {
         let from = w.start + GRACE;
         if from >= w.end {
             continue;
+        }
+        for op in history {
+            let invoked = Duration::from_nanos(op.invoke_ns);
+            if invoked >= from && invoked < w.end {
+                a.commands += 1;
+                a.commands_answered += u64::from(op.complete_ns.is_some());
+            }
         }
         let inside: Vec<Duration> = answers
             .iter()
@@ -884,6 +896,8 @@ fn availability(windows: &[Window], answers: &[Duration]) -> Availability {
 fn merge(total: &mut Availability, one: &Availability) {
     total.slots += one.slots;
     total.answered += one.answered;
+    total.commands += one.commands;
+    total.commands_answered += one.commands_answered;
     total.gap_max = total.gap_max.max(one.gap_max);
     for (k, (s, h)) in &one.by_kind {
         let e = total.by_kind.entry(k).or_default();
@@ -926,6 +940,13 @@ fn describe(opts: &NemesisOptions, r: &NemesisReport) -> String {
         a.slots,
         100.0 * a.fraction(),
         a.gap_max.as_secs_f64()
+    );
+    let _ = writeln!(
+        s,
+        "commands invoked in those windows: {} answered of {} ({:.2} %)",
+        a.commands_answered,
+        a.commands,
+        100.0 * a.commands_answered as f64 / a.commands.max(1) as f64
     );
     for (k, (slots, hit)) in &a.by_kind {
         let _ = writeln!(
@@ -972,7 +993,7 @@ mod tests {
         };
         // Answers in the 3rd and 5th second after the grace's end (2 s).
         let answers = [Duration::from_millis(2_500), Duration::from_millis(4_200)];
-        let a = availability(&[w], &answers);
+        let a = availability(&[w], &answers, &[]);
         assert_eq!((a.slots, a.answered), (3, 2));
         assert_eq!(a.gap_max, Duration::from_millis(1_700));
     }
