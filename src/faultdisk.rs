@@ -55,21 +55,8 @@ pub fn available() -> Result<(), String> {
 }
 
 fn run(args: &[&str]) -> Result<(), DiskError> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| DiskError::Command {
-            command: args.join(" "),
-            output: e.to_string(),
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(DiskError::Command {
-            command: args.join(" "),
-            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+    crate::faultnet::run_tool(args)
+        .map_err(|(command, output)| DiskError::Command { command, output })
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {

@@ -48,22 +48,26 @@ pub fn available() -> Result<(), String> {
     Ok(())
 }
 
-fn run(args: &[&str]) -> Result<(), NetError> {
+/// Runs a tool; on failure, the command line and what went wrong (its
+/// stderr, or why it could not start). Shared with `faultdisk`.
+pub(crate) fn run_tool(args: &[&str]) -> Result<(), (String, String)> {
+    let command = args.join(" ");
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
-        .map_err(|e| NetError::Command {
-            command: args.join(" "),
-            output: e.to_string(),
-        })?;
+        .map_err(|e| (command.clone(), e.to_string()))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(NetError::Command {
-            command: args.join(" "),
-            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        Err((
+            command,
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
     }
+}
+
+fn run(args: &[&str]) -> Result<(), NetError> {
+    run_tool(args).map_err(|(command, output)| NetError::Command { command, output })
 }
 
 /// A network namespace of our own, deleted on drop.

@@ -48,8 +48,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Servers of the cluster under attack.
+/// Servers of the cluster under attack. `plan` cuts the shuffled list
+/// into fixed groups (2 | 1 | 2, 2 | 2 | 1) that assume exactly five.
 const SERVERS: u64 = 5;
+const _: () = assert!(SERVERS == 5, "fault plans are written for five servers");
 /// Time after a fault starts, or ends, before commands are expected again:
 /// an election (100 to 200 ms, twice for a PreVote round) plus the clients'
 /// retry backoff.
