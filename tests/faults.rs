@@ -233,29 +233,41 @@ fn bridge_server_between_two_halves() {
 /// entry commits (a deliberate bug, `pipeline.test_mutation`) loses
 /// acknowledged transfers when its leader is partitioned away, and the
 /// checks say so.
+///
+/// The loss needs the partitioned server to still be the leader, and to
+/// answer a command, in the moment after the cut; on a loaded machine the
+/// leadership can move just before the cut (CI once saw a run in which
+/// it did, and nothing was lost). So the test gives the bug up to
+/// `ATTEMPTS` fresh clusters and fails only if every one of them passes
+/// every check: a suite that cannot see the bug fails here.
 #[test]
 fn the_suite_catches_responses_released_before_commit() {
-    let found = in_namespace("broken", Some("release-before-commit"), |ns, c| {
-        let (leader, ip) = leader_ip(c);
-        let buddy = (1..=5).find(|i| *i != leader).expect("another server");
-        let majority: Vec<_> = (1..=5)
-            .filter(|i| *i != leader && *i != buddy)
-            .map(server_ip)
-            .collect();
-        ns.partition(&[ip, server_ip(buddy)], &majority)
-            .expect("partition");
-    });
-    let Some(found) = found else { return };
-    println!(
-        "the broken build was caught by {} check(s):",
-        found.failures.len()
-    );
-    for f in found.failures.iter().take(5) {
-        println!("  {}", f.chars().take(300).collect::<String>());
+    const ATTEMPTS: usize = 4;
+    for attempt in 1..=ATTEMPTS {
+        let found = in_namespace("broken", Some("release-before-commit"), |ns, c| {
+            let (leader, ip) = leader_ip(c);
+            let buddy = (1..=5).find(|i| *i != leader).expect("another server");
+            let majority: Vec<_> = (1..=5)
+                .filter(|i| *i != leader && *i != buddy)
+                .map(server_ip)
+                .collect();
+            ns.partition(&[ip, server_ip(buddy)], &majority)
+                .expect("partition");
+        });
+        let Some(found) = found else { return };
+        println!(
+            "attempt {attempt}: the broken build was caught by {} check(s):",
+            found.failures.len()
+        );
+        for f in found.failures.iter().take(5) {
+            println!("  {}", f.chars().take(300).collect::<String>());
+        }
+        if !found.failures.is_empty() {
+            return;
+        }
     }
-    assert!(
-        !found.failures.is_empty(),
-        "a build that releases responses before commit passed every check"
+    panic!(
+        "a build that releases responses before commit passed every check in {ATTEMPTS} attempts"
     );
 }
 

@@ -37,8 +37,10 @@ fn ok(outcome: &Option<Outcome>) -> bool {
     matches!(outcome, Some(Outcome::Ok { .. }))
 }
 
-/// Funds every account so transfers can succeed.
+/// Opens every client's session, then funds every account so transfers
+/// can succeed.
 fn fund(sim: &mut ReplicaSim, leader: NodeId) {
+    assert!(sim.open_sessions(leader, SECOND), "sessions open");
     for account in 0..6 {
         let op = sim.submit(0, deposit(account, 500), leader);
         assert!(ok(&sim.wait_op(op, SECOND)), "funding account {account}");
@@ -124,6 +126,49 @@ fn two_servers_destroyed_at_once_right_after_a_response() {
         let violations = sim.converge_and_check(5 * SECOND);
         assert!(violations.is_empty(), "seed {seed}: {violations:#?}");
     }
+}
+
+// ----- a retry after its session expired -----------------------------------
+
+/// A client's command commits and is answered, the answer is lost, and
+/// the client is then silent while enough new sessions open that the
+/// leader expires its session (the table is bounded). Its retry must be
+/// refused (`SessionExpired`), not run a second time (BRIEF I4). Replica
+/// seed 2065 found the double run: the table had forgotten the client,
+/// so the retry looked like a new command.
+fn retry_after_expiry(mutation: ReplicaMutation) -> (Vec<String>, bool) {
+    let mut sim = sim(31, mutation);
+    let leader = sim.wait_for_ready_leader(2 * SECOND).expect("leader");
+    fund(&mut sim, leader);
+    let op = sim.submit(1, deposit(2, 40), leader);
+    assert!(ok(&sim.wait_op(op, SECOND)));
+    let client = sim.history.operations[op].client;
+    // More new sessions than the table holds (the simulator's is 12).
+    for _ in 0..14 {
+        sim.drop_session(3);
+        assert!(sim.open_sessions(leader, SECOND), "a session opens");
+    }
+    sim.retry_answered(op, leader);
+    sim.run_for(200 * MS);
+    let told = sim.history.told_expired.contains(&client);
+    (sim.converge_and_check(5 * SECOND), told)
+}
+
+#[test]
+fn a_retry_after_its_session_expired_is_refused_not_run_again() {
+    let (violations, told) = retry_after_expiry(ReplicaMutation::None);
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert!(told, "the retry was told its session expired");
+}
+
+#[test]
+fn running_a_retry_whose_session_expired_is_caught() {
+    // Without the session check, the retry runs again and commits twice.
+    let (violations, _) = retry_after_expiry(ReplicaMutation::SkipDedup);
+    assert!(
+        violations.iter().any(|v| v.starts_with("I4")),
+        "{violations:#?}"
+    );
 }
 
 // ----- a retry reaching a new leader that holds the entry uncommitted -------

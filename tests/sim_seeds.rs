@@ -124,3 +124,25 @@ fn replica_seeds_pass_every_checker() {
         failures.join("\n")
     );
 }
+
+/// Replica seeds that once failed, kept as regressions. 2065 (I1: a retry
+/// whose session had expired ran a second time) led to sessions opened by
+/// the cluster and `SessionExpired`; the clients' session handling changed
+/// how the seed unfolds, so `tests/replica_scenarios.rs` scripts the exact
+/// case as well.
+#[test]
+fn replica_regression_seeds() {
+    use bunker::sim::{run_replica_seed, ReplicaRunConfig};
+    let cfg = ReplicaRunConfig {
+        safety_us: 3_000_000,
+        ..ReplicaRunConfig::default()
+    };
+    for seed in [2065] {
+        let report = run_replica_seed(seed, &cfg);
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed}: {:?} | replay: cargo run --release --bin bunker-sim -- --layer replica --ticks 300 --seeds {seed} --trace",
+            report.violations.first().map(|v| &v.what)
+        );
+    }
+}

@@ -14,19 +14,25 @@
 //! ```
 //!
 //! What it does: finds the leader (tries the configured servers, follows
-//! `NotLeader` hints, remembers the leader), sends each command with this
-//! client's id and the next sequence number, and retries the *same* (client
-//! id, sequence) across timeouts, lost connections, `Unknown` outcomes and
+//! `NotLeader` hints, remembers the leader), opens a session (the cluster
+//! commits it and names it: ids are never reused), sends each command with
+//! the session's id and the next sequence number, and retries the *same*
+//! (id, sequence) across timeouts, lost connections, `Unknown` outcomes and
 //! failovers until an answer arrives or the limits (`attempts_max`,
 //! `total_timeout_ms`) are reached. The server's session table makes the
 //! retries safe: a command runs at most once, and a retry of a command
-//! that committed gets the stored response.
+//! that committed gets the stored response. Sessions are bounded, so an
+//! idle one can expire: a command refused for that before any earlier
+//! attempt was sent is sent again in a new session; a *retry* refused for
+//! that is an error (`ClientError::SessionExpired`), since the first
+//! attempt may have run and nobody can tell any more.
 //!
 //! What it does not do: run two commands of one client at once (one
 //! command in flight per client; use several clients for concurrency), or
 //! hide an unknown outcome: `ClientError::Unavailable` means the command
 //! may or may not have run.
 
+use crate::replica::{decode_session_id, OPEN_SEQ};
 use crate::transport::codec::{self, WireReply, WireRequest};
 use crate::transport::frame::{self, Kind};
 use crate::transport::tls::{server_name, Identity, TlsError, TlsFiles, SERVER_NAME};
@@ -51,9 +57,10 @@ pub struct ClientConfig {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// This client's id; random when `None`. Two clients must never share
-    /// an id while both are running.
-    pub client_id: Option<u64>,
+    /// Resume a session: (its id, the sequence number of the next call).
+    /// `None` opens a new session on the first call. Two clients must never
+    /// use one session at once.
+    pub session: Option<(u64, u64)>,
     /// One attempt (send and wait for the answer) at most.
     pub attempt_timeout_ms: u64,
     /// A whole call, retries included, at most.
@@ -75,7 +82,7 @@ impl ClientConfig {
             ca: ca.into(),
             cert: cert.into(),
             key: key.into(),
-            client_id: None,
+            session: None,
             attempt_timeout_ms: 2_000,
             total_timeout_ms: 30_000,
             attempts_max: 200,
@@ -98,14 +105,20 @@ pub enum ClientError {
     #[error("client configuration: no servers given")]
     NoServers,
     #[error(
-        "cluster unavailable: no answer after {attempts} attempts in {elapsed_ms} ms (last: {last_error}); \
-the command may or may not have run: retrying it with the same client is safe"
+        "cluster unavailable: no answer after {attempts} attempts in {elapsed_ms} ms (last: {last_error}); {outcome}"
     )]
     Unavailable {
         attempts: u32,
         elapsed_ms: u64,
         last_error: String,
+        /// What may have happened, and how to retry safely.
+        outcome: String,
     },
+    #[error(
+        "session {client} expired while sequence {seq} was being retried: an earlier attempt may have run \
+and the cluster can no longer tell; look at the application's state before running it again"
+    )]
+    SessionExpired { client: u64, seq: u64 },
     #[error("the application failed on this command (nothing it did was kept): {reason}")]
     AppFailed { reason: String },
     #[error("sequence {seq} is stale: the server already has {last_seq} from this client id (is another client using it?)")]
@@ -119,6 +132,14 @@ the command may or may not have run: retrying it with the same client is safe"
 }
 
 type Stream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// How one request's exchange ended without an error.
+enum Answer {
+    Reply(Response),
+    /// The session had expired; `sent_before`: an earlier attempt of this
+    /// request was sent (and may have run).
+    Expired { sent_before: bool },
+}
 
 /// The asynchronous client (tokio).
 pub struct Client {
@@ -146,11 +167,11 @@ impl Client {
             cert: cfg.cert.clone(),
             key: cfg.key.clone(),
         })?;
-        let client_id = cfg.client_id.unwrap_or_else(|| rand::random::<u64>() | 1);
+        let (client_id, next_seq) = cfg.session.unwrap_or((0, 1));
         Ok(Client {
             tls: identity.client_config()?,
             client_id,
-            seq: 0,
+            seq: next_seq.saturating_sub(1),
             leader: None,
             next_server: rand::random::<usize>() % cfg.servers.len(),
             conn: None,
@@ -158,6 +179,7 @@ impl Client {
         })
     }
 
+    /// The session's id (0 before the first call opened one).
     pub fn client_id(&self) -> u64 {
         self.client_id
     }
@@ -170,12 +192,55 @@ impl Client {
     /// Sends `command` with the next sequence number; retries it (same
     /// sequence) until an answer arrives or the limits are reached.
     pub async fn call(&mut self, command: Bytes) -> Result<Response, ClientError> {
-        self.seq += 1;
-        let seq = self.seq;
         let started = Instant::now();
+        // At most two rounds: the second only after the session expired
+        // before this command was ever sent, so that it cannot have run.
+        for _ in 0..2 {
+            if self.client_id == 0 {
+                self.open_session(started).await?;
+            }
+            self.seq += 1;
+            let seq = self.seq;
+            match self.exchange(seq, &command, started).await? {
+                Answer::Reply(r) => return Ok(r),
+                Answer::Expired { sent_before } => {
+                    let client = std::mem::replace(&mut self.client_id, 0);
+                    if sent_before {
+                        return Err(ClientError::SessionExpired { client, seq });
+                    }
+                }
+            }
+        }
+        Err(ClientError::Rejected {
+            reason: "a session opened for this command expired at once: the cluster's session table is too small for its clients".into(),
+        })
+    }
+
+    /// Opens a session: the cluster commits it and answers with its id.
+    async fn open_session(&mut self, started: Instant) -> Result<(), ClientError> {
+        let Answer::Reply(r) = self.exchange(OPEN_SEQ, &Bytes::new(), started).await? else {
+            return Err(ClientError::Rejected {
+                reason: "opening a session was refused as expired".into(),
+            });
+        };
+        self.client_id = decode_session_id(&r.body).ok_or_else(|| ClientError::Rejected {
+            reason: format!("the answer to opening a session is not an id: {:?}", r.body),
+        })?;
+        self.seq = 0;
+        Ok(())
+    }
+
+    /// Sends request `seq` and retries it until an answer or the limits.
+    async fn exchange(
+        &mut self,
+        seq: u64,
+        command: &Bytes,
+        started: Instant,
+    ) -> Result<Answer, ClientError> {
         let total = Duration::from_millis(self.cfg.total_timeout_ms);
         let mut backoff = BACKOFF_MIN;
         let mut redirects = 0;
+        let mut sent_before = false;
         let mut last_error = String::from("no attempt made");
         for attempt in 1..=self.cfg.attempts_max {
             if started.elapsed() >= total {
@@ -184,7 +249,11 @@ impl Client {
             let target = self.target();
             let limit = Duration::from_millis(self.cfg.attempt_timeout_ms)
                 .min(total.saturating_sub(started.elapsed()));
-            let outcome = tokio::time::timeout(limit, self.attempt(target, seq, &command)).await;
+            let mut sent = false;
+            let outcome =
+                tokio::time::timeout(limit, self.attempt(target, seq, command, &mut sent)).await;
+            let earlier = sent_before;
+            sent_before |= sent;
             let pause = match outcome {
                 Err(_) => {
                     last_error = format!("{target}: no answer within {} ms", limit.as_millis());
@@ -199,7 +268,13 @@ impl Client {
                 Ok(Ok(reply)) => match reply {
                     WireReply::Ok { status, body } => {
                         self.leader = Some(target);
-                        return Ok(Response { status, body });
+                        return Ok(Answer::Reply(Response { status, body }));
+                    }
+                    WireReply::SessionExpired => {
+                        self.leader = Some(target);
+                        return Ok(Answer::Expired {
+                            sent_before: earlier,
+                        });
                     }
                     WireReply::NotLeader { hint } => {
                         last_error = format!("{target}: not the leader");
@@ -257,6 +332,15 @@ impl Client {
             attempts,
             elapsed_ms: started.elapsed().as_millis() as u64,
             last_error,
+            outcome: if self.client_id == 0 {
+                "no command ran (no session could be opened)".into()
+            } else {
+                format!(
+                    "the command may or may not have run: sending it again as sequence {seq} of session {client} is safe (bunker exec --session {client}:{seq})",
+                    seq = self.seq,
+                    client = self.client_id
+                )
+            },
         }
     }
 
@@ -284,6 +368,7 @@ impl Client {
         target: SocketAddr,
         seq: u64,
         command: &Bytes,
+        sent: &mut bool,
     ) -> Result<WireReply, String> {
         if self.conn.as_ref().is_none_or(|(a, _)| *a != target) {
             self.conn = None;
@@ -299,11 +384,13 @@ impl Client {
             command: command.clone(),
         });
         let bytes = frame::encode_to_bytes(Kind::Request, 0, 0, &payload);
-        let sent = async {
+        // From here on, this attempt may reach the server and run.
+        *sent = true;
+        let written = async {
             stream.write_all(&bytes).await?;
             stream.flush().await
         };
-        if let Err(e) = sent.await {
+        if let Err(e) = written.await {
             self.conn = None;
             return Err(format!("send: {e}"));
         }
@@ -319,7 +406,10 @@ impl Client {
                 codec::decode_response(f.payload).map_err(|e| format!("bad response: {e}"))?;
             // Answers to earlier attempts of this or an earlier command
             // may still arrive on a reused connection: skip them.
+            // Any answer to an open request names a usable session.
+            let opening = seq == OPEN_SEQ && response.seq == OPEN_SEQ;
             if matches!(response.reply, WireReply::TooLarge { .. })
+                || opening
                 || (response.client == self.client_id && response.seq == seq)
             {
                 return Ok(response.reply);
@@ -378,16 +468,28 @@ pub struct ExecArgs {
     pub cert: PathBuf,
     #[arg(long)]
     pub key: PathBuf,
-    /// Client id (random by default). Reusing an id across runs needs
-    /// increasing sequence numbers; leave it random for one-off commands.
-    #[arg(long)]
-    pub client_id: Option<u64>,
+    /// Send the command as sequence SEQ of session ID (`ID:SEQ`), to retry
+    /// a command whose outcome is unknown (the error message of the failed
+    /// run gives both). By default the command opens a new session.
+    #[arg(long, value_parser = parse_session)]
+    pub session: Option<(u64, u64)>,
     /// Give up after this long (the command may or may not have run).
     #[arg(long, default_value_t = 30_000)]
     pub timeout_ms: u64,
     /// The command; read from stdin when absent.
     #[arg(trailing_var_arg = true)]
     pub command: Vec<String>,
+}
+
+fn parse_session(text: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{text:?} is not ID:SEQ (two positive integers)");
+    let (id, seq) = text.split_once(':').ok_or_else(bad)?;
+    let id: u64 = id.parse().map_err(|_| bad())?;
+    let seq: u64 = seq.parse().map_err(|_| bad())?;
+    if id == 0 || seq == 0 {
+        return Err(bad());
+    }
+    Ok((id, seq))
 }
 
 /// `bunker exec`: exit 0 on status 0, 1 on another application status
@@ -404,7 +506,7 @@ pub fn run_exec(args: ExecArgs) -> ExitCode {
         Bytes::from(args.command.join(" "))
     };
     let cfg = ClientConfig {
-        client_id: args.client_id,
+        session: args.session,
         total_timeout_ms: args.timeout_ms,
         ..ClientConfig::new(args.servers, args.ca, args.cert, args.key)
     };

@@ -350,7 +350,7 @@ impl LocalCluster {
             ca: certs.join("ca.pem"),
             cert: certs.join("client-demo.pem"),
             key: certs.join("client-demo.key"),
-            client_id: None,
+            session: None,
             attempt_timeout_ms: 2_000,
             total_timeout_ms: 30_000,
             attempts_max: 200,

@@ -136,10 +136,27 @@ pub struct ReplicaSetup {
 pub struct Request {
     /// The driver's handle for routing the reply (a connection, say).
     pub ctx: u64,
+    /// The session the leader gave this client ([`OPEN_SEQ`] requests
+    /// carry anything here; the reply echoes it).
     pub client: ClientId,
-    /// Increases with every new command of this client; a retry reuses it.
+    /// Increases with every new command of this client, from 1; a retry
+    /// reuses it. [`OPEN_SEQ`] asks for a new session.
     pub seq: u64,
     pub command: Bytes,
+}
+
+/// The sequence number of a request that opens a session: the leader
+/// commits a new, empty session record and answers with its id (8 bytes,
+/// little endian, see [`decode_session_id`]). Ids are the generation of
+/// the committed entry that created them, so they are unique for the life
+/// of the cluster and never handed out twice: a session that expired can
+/// never be mistaken for a new one (the Raft dissertation, §6.3).
+pub const OPEN_SEQ: u64 = 0;
+
+/// The session id in the response to an [`OPEN_SEQ`] request.
+pub fn decode_session_id(response: &[u8]) -> Option<ClientId> {
+    let bytes: [u8; 8] = response.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes)).filter(|id| *id != 0)
 }
 
 /// What a client is told.
@@ -159,6 +176,11 @@ pub enum Reply {
     /// The application failed on this command (crashed, hung, refused, or
     /// made changes Bunker cannot replicate); nothing it did was kept.
     AppFailed { reason: String },
+    /// This client's session does not exist (it expired, or it was never
+    /// opened): the command was not run now. If an earlier attempt of it
+    /// was sent, that attempt may have run before the session expired, and
+    /// no server can tell any more.
+    SessionExpired,
 }
 
 /// How the application's run of a command ended.
@@ -270,6 +292,7 @@ pub struct ReplicaStats {
     pub replies_unknown: u64,
     pub replies_busy: u64,
     pub replies_stale: u64,
+    pub replies_session_expired: u64,
     pub replies_app_failed: u64,
 }
 
@@ -663,6 +686,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             Reply::Busy => s.replies_busy += 1,
             Reply::Stale { .. } => s.replies_stale += 1,
             Reply::AppFailed { .. } => s.replies_app_failed += 1,
+            Reply::SessionExpired => s.replies_session_expired += 1,
         }
     }
 
@@ -851,9 +875,27 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             let Some(request) = self.queue.pop_front() else {
                 return Ok(());
             };
+            if request.seq == OPEN_SEQ {
+                // Nothing runs: the entry holds the new session's record.
+                return self.propose_command(request, 0, Bytes::new());
+            }
             let dedup = self.cfg.mutation != ReplicaMutation::SkipDedup;
             let spec_seq = l.spec.get(&request.client).copied().filter(|_| dedup);
             let committed = self.sessions.get(request.client).cloned().filter(|_| dedup);
+            if dedup && spec_seq.is_none() {
+                if l.spec_expired.contains(&request.client) {
+                    // An entry in the pipeline expires this session, and it
+                    // may yet be rolled back: ask the client to come back.
+                    self.reply(&request, Reply::Busy);
+                    continue;
+                }
+                if committed.is_none() {
+                    // Expired (or never opened): running the command could
+                    // run a retry a second time (BRIEF I4).
+                    self.reply(&request, Reply::SessionExpired);
+                    continue;
+                }
+            }
             if spec_seq == Some(request.seq) {
                 // A retry of a command still in the pipeline: wait for it.
                 let l = self.leading.as_mut().expect("leading");
@@ -908,14 +950,24 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         let l = self.leading.as_mut().expect("leading");
         l.generation += 1;
         let generation = l.generation;
-        let expired = self.choose_expired(request.client);
+        // An open request gets the new session, named by this entry's
+        // generation, and its id as the response.
+        let opening = request.seq == OPEN_SEQ;
+        let client = if opening { generation } else { request.client };
+        let response = if opening {
+            Bytes::copy_from_slice(&generation.to_le_bytes())
+        } else {
+            response
+        };
+        assert!(client != 0 || !opening, "generations start at 1");
+        let expired = self.choose_expired(client);
         let session = Session {
             seq: request.seq,
             status,
             response: response.clone(),
             generation,
         };
-        if let Err(e) = self.write_session(request.client, &session, &expired) {
+        if let Err(e) = self.write_session(client, &session, &expired) {
             let reason = format!("recording the session failed: {e}");
             return self.command_failed(request, reason);
         }
@@ -941,7 +993,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
                 ReplicaEntry::Part { part }
             } else {
                 ReplicaEntry::Command(CommandEntry {
-                    client: request.client,
+                    client,
                     seq: request.seq,
                     status,
                     generation,
@@ -959,11 +1011,11 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
                 self.stats.delta_bytes_proposed += delta_bytes;
                 let l = self.leading.as_mut().expect("leading");
                 l.last_proposed = range.last.index;
-                l.spec.insert(request.client, request.seq);
+                l.spec.insert(client, request.seq);
                 l.spec_expired.extend(expired);
                 let early = self.cfg.mutation == ReplicaMutation::ReleaseBeforeCommit;
                 l.inflight.push_back(InFlight {
-                    client: request.client,
+                    client,
                     seq: request.seq,
                     last_index: range.last.index,
                     status,

@@ -44,7 +44,8 @@ pub mod session;
 
 pub use self::core::{
     Effect, ExecOutcome, PeerMessage, Replica, ReplicaConfig, ReplicaError, ReplicaMutation,
-    ReplicaSetup, ReplicaStats, Reply, Request,
+    ReplicaSetup, ReplicaStats, Reply, Request, OPEN_SEQ,
 };
+pub use self::core::decode_session_id;
 pub use entry::{ClientId, CommandEntry, ReplicaEntry};
 pub use session::{Session, SessionTable, SESSIONS_DIR};

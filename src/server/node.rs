@@ -331,6 +331,7 @@ fn reply_kind(reply: &Reply) -> &'static str {
         Reply::Stale { .. } => "stale",
         Reply::Busy => "busy",
         Reply::AppFailed { .. } => "app_failed",
+        Reply::SessionExpired => "session_expired",
     }
 }
 

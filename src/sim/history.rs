@@ -5,8 +5,13 @@
 //! response it carries), then checks:
 //! - I1: every response a client received for a state-changing command is
 //!   in the committed log, for that (client, sequence), with the same bytes;
-//! - I4: no (client, sequence) is committed twice, unless its session was
-//!   expired in between (the documented bound of exactly-once);
+//! - I4: no (client, sequence) is committed twice, ever (sessions have ids
+//!   that are never reused, and a retry after its session expired is
+//!   refused, not run again);
+//! - sessions: every session the cluster said had expired was expired by
+//!   a committed entry; every operation answered "failed" (the
+//!   application failed, or the session had expired before the only
+//!   attempt) is absent from the committed log;
 //! - I3: replaying the committed ledger commands in log order, every
 //!   command's response states exactly the balances the committed state
 //!   held just before it (so no command ran on rolled-back or missing
@@ -64,6 +69,8 @@ pub struct History {
     pub committed: BTreeMap<Index, CommittedCommand>,
     /// The highest index applied anywhere.
     pub commit_index: Index,
+    /// Clients told their session had expired.
+    pub told_expired: Vec<ClientId>,
 }
 
 /// The committed ledger state after each index where it changed.
@@ -108,6 +115,7 @@ impl History {
     pub fn check(&self) -> Vec<String> {
         let mut violations = Vec::new();
         let by_request = self.check_unique(&mut violations);
+        self.check_sessions(&by_request, &mut violations);
         let (model, index_of) = self.replay(&mut violations);
         self.check_acknowledged(&by_request, &mut violations);
         self.check_reads(&model, &index_of, &mut violations);
@@ -118,26 +126,49 @@ impl History {
     /// I4: one committed entry per (client, sequence), sessions permitting.
     fn check_unique(&self, violations: &mut Vec<String>) -> BTreeMap<(ClientId, u64), Vec<Index>> {
         let mut by_request: BTreeMap<(ClientId, u64), Vec<Index>> = BTreeMap::new();
-        let mut expired_at: BTreeMap<ClientId, Vec<Index>> = BTreeMap::new();
         for c in self.committed.values() {
-            for gone in &c.expired {
-                expired_at.entry(*gone).or_default().push(c.index);
-            }
             let seen = by_request.entry((c.client, c.seq)).or_default();
             if let Some(&first) = seen.last() {
-                let expired_between = expired_at
-                    .get(&c.client)
-                    .is_some_and(|at| at.iter().any(|&i| i > first && i < c.index));
-                if !expired_between {
-                    violations.push(format!(
-                        "I4: client {:x} sequence {} committed twice (entries {first} and {})",
-                        c.client, c.seq, c.index
-                    ));
-                }
+                violations.push(format!(
+                    "I4: client {:x} sequence {} committed twice (entries {first} and {})",
+                    c.client, c.seq, c.index
+                ));
             }
             seen.push(c.index);
         }
         by_request
+    }
+
+    /// Sessions: "expired" only after a committed expiry, and "failed"
+    /// operations never committed.
+    fn check_sessions(
+        &self,
+        by_request: &BTreeMap<(ClientId, u64), Vec<Index>>,
+        violations: &mut Vec<String>,
+    ) {
+        let expired: std::collections::BTreeSet<ClientId> = self
+            .committed
+            .values()
+            .flat_map(|c| c.expired.iter().copied())
+            .collect();
+        for client in &self.told_expired {
+            if !expired.contains(client) {
+                violations.push(format!(
+                    "sessions: client {client:x} was told its session expired, but no committed entry expired it"
+                ));
+            }
+        }
+        for op in &self.operations {
+            if op.outcome != Some(Outcome::Failed) {
+                continue;
+            }
+            if let Some(indexes) = by_request.get(&(op.client, op.seq)) {
+                violations.push(format!(
+                    "client {:x} sequence {} ({:?}) was answered \"failed\" but entry {} committed it",
+                    op.client, op.seq, op.command, indexes[0]
+                ));
+            }
+        }
     }
 
     /// I3: every committed command saw exactly the committed state before it.
@@ -150,6 +181,10 @@ impl History {
         let mut index_of = BTreeMap::new();
         let mut total = 0u64;
         for c in self.committed.values() {
+            if c.seq == crate::replica::OPEN_SEQ {
+                // A session opened: no ledger change.
+                continue;
+            }
             index_of.insert((c.client, c.seq), c.index);
             let text = String::from_utf8_lossy(&c.response).to_string();
             let words: Vec<&str> = text.split_whitespace().collect();

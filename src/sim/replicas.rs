@@ -20,7 +20,7 @@ use crate::delta::{EngineConfig, MemTree};
 use crate::raft::{Membership, Options, Role};
 use crate::replica::{
     ClientId, Effect, ExecOutcome, PeerMessage, Replica, ReplicaConfig, ReplicaEntry, ReplicaError,
-    ReplicaSetup, Reply, Request,
+    ReplicaSetup, Reply, Request, OPEN_SEQ,
 };
 use crate::sim::checker::Checker;
 use crate::sim::cluster::{Status, Timing};
@@ -29,6 +29,7 @@ use crate::sim::ledger::{self, Fate, LedgerCommand, ACCOUNTS};
 use crate::sim::log::SimLog;
 use crate::sim::nemesis::FaultTarget;
 use crate::sim::network::{Network, PacketKind};
+use bytes::Bytes;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -116,13 +117,17 @@ impl Ord for Scheduled {
 /// A simulated client: one command at a time, retried with the same
 /// sequence number until it gets an answer.
 pub struct SimClient {
+    /// The session the cluster gave this client; 0 before it has one.
     pub id: ClientId,
     pub seq: u64,
     /// The operation in flight: its index in the history.
     pub current: Option<usize>,
+    /// Waiting for a session to open (before `current` can start).
+    pub opening: bool,
+    /// Sends of the operation in flight so far.
+    attempts: u32,
     target: Option<NodeId>,
     deadline_us: u64,
-    done: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -232,15 +237,16 @@ impl ReplicaSim {
                 mutation: workload.mutation,
             },
         };
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let rng = ChaCha8Rng::seed_from_u64(seed);
         let clients = (0..workload.clients)
             .map(|_| SimClient {
-                id: rng.gen(),
+                id: 0,
                 seq: 0,
                 current: None,
+                opening: false,
+                attempts: 0,
                 target: None,
                 deadline_us: 0,
-                done: 0,
             })
             .collect();
         let mut sim = ReplicaSim {
@@ -774,27 +780,30 @@ impl ReplicaSim {
 
     fn client_turn(&mut self, i: usize) {
         let now = self.now_us;
+        let busy = self.clients[i].current.is_some() || self.clients[i].opening;
         match self.clients[i].current {
-            Some(_) if now < self.clients[i].deadline_us => {}
-            Some(_) => {
+            _ if busy && now < self.clients[i].deadline_us => {}
+            _ if busy => {
                 // No answer in time: retry, same sequence, another server.
                 self.stats.retries += 1;
                 self.clients[i].target = None;
                 self.send_current(i);
             }
-            None => {
+            _ => {
+                let client = &mut self.clients[i];
+                if client.seq >= self.workload.commands_per_identity {
+                    // A new identity: sessions come and go.
+                    client.id = 0;
+                }
+                if client.id == 0 {
+                    client.opening = true;
+                    client.seq = 0;
+                    return self.send_current(i);
+                }
                 let command = self.pick_command();
                 let client = &mut self.clients[i];
-                if client.done > 0
-                    && client
-                        .done
-                        .is_multiple_of(self.workload.commands_per_identity)
-                {
-                    client.id = self.rng.gen();
-                    client.seq = 0;
-                }
-                let client = &mut self.clients[i];
                 client.seq += 1;
+                client.attempts = 0;
                 self.history.operations.push(Operation {
                     client: client.id,
                     seq: client.seq,
@@ -811,8 +820,13 @@ impl ReplicaSim {
     }
 
     fn send_current(&mut self, i: usize) {
-        let Some(op) = self.clients[i].current else {
-            return;
+        let (client, seq, command) = match self.clients[i].current {
+            _ if self.clients[i].opening => (0, OPEN_SEQ, Bytes::new()),
+            Some(op) => {
+                let o = &self.history.operations[op];
+                (o.client, o.seq, o.command.encode())
+            }
+            None => return,
         };
         // A client starts at one of its targets and follows redirects to
         // any server that is not destroyed.
@@ -820,15 +834,15 @@ impl ReplicaSim {
             Some(t) if self.node(t).status != Status::Destroyed => t,
             _ => *self.client_targets.choose(&mut self.rng).expect("targets"),
         };
-        let client = &mut self.clients[i];
-        client.target = Some(target);
-        client.deadline_us = self.now_us + self.workload.client_timeout_us;
-        let o = &self.history.operations[op];
+        let c = &mut self.clients[i];
+        c.target = Some(target);
+        c.deadline_us = self.now_us + self.workload.client_timeout_us;
+        c.attempts += 1;
         let request = Request {
-            ctx: ((i as u64) << 32) | (o.seq & 0xFFFF_FFFF),
-            client: o.client,
-            seq: o.seq,
-            command: o.command.encode(),
+            ctx: ((i as u64) << 32) | (seq & 0xFFFF_FFFF),
+            client,
+            seq,
+            command,
         };
         let delay = self.rng.gen_range(50..2_000);
         self.schedule(
@@ -841,6 +855,9 @@ impl ReplicaSim {
     }
 
     fn on_reply(&mut self, i: usize, seq: u64, reply: Reply, commit: u64) {
+        if seq == OPEN_SEQ {
+            return self.on_open_reply(i, reply);
+        }
         let Some(op) = self.clients.get(i).and_then(|c| c.current) else {
             return;
         };
@@ -870,6 +887,21 @@ impl ReplicaSim {
                 ));
                 return;
             }
+            Reply::SessionExpired => {
+                // Sent once: refused before running. Sent more than once: an
+                // earlier attempt may have run, so the outcome is unknown.
+                let client = &mut self.clients[i];
+                self.history.told_expired.push(client.id);
+                let once = client.attempts == 1;
+                client.id = 0;
+                client.current = None;
+                let o = &mut self.history.operations[op];
+                if o.outcome.is_none() {
+                    o.completed_us = Some(self.now_us);
+                    o.outcome = once.then_some(Outcome::Failed);
+                }
+                return;
+            }
         };
         self.stats.answered += 1;
         let o = &mut self.history.operations[op];
@@ -883,7 +915,39 @@ impl ReplicaSim {
         o.commit_at_completion = commit;
         let client = &mut self.clients[i];
         client.current = None;
-        client.done += 1;
+    }
+
+    /// The answer to a client's request for a session.
+    fn on_open_reply(&mut self, i: usize, reply: Reply) {
+        if !self.clients.get(i).is_some_and(|c| c.opening) {
+            return; // an answer to an earlier attempt: that session stays unused
+        }
+        match reply {
+            Reply::Ok { response, .. } => match crate::replica::decode_session_id(&response) {
+                Some(id) => {
+                    let client = &mut self.clients[i];
+                    client.id = id;
+                    client.opening = false;
+                    client.seq = 0;
+                }
+                None => self
+                    .checker
+                    .fail(format!("a session opened with the response {response:?}")),
+            },
+            Reply::NotLeader { leader } => {
+                self.clients[i].target = leader;
+                self.stats.retries += 1;
+                self.send_current(i);
+            }
+            Reply::Unknown | Reply::Busy => {
+                self.clients[i].target = None;
+                self.stats.retries += 1;
+                self.send_current(i);
+            }
+            other => self
+                .checker
+                .fail(format!("opening a session was answered {other:?}")),
+        }
     }
 
     // ----- faults --------------------------------------------------------
@@ -1038,9 +1102,13 @@ impl ReplicaSim {
 
     /// Client `i` sends a new command to `target`; returns the operation's
     /// index in the history.
+    ///
+    /// The client must have a session ([`ReplicaSim::open_sessions`]).
     pub fn submit(&mut self, i: usize, command: LedgerCommand, target: NodeId) -> usize {
         let client = &mut self.clients[i];
+        assert!(client.id != 0, "client {i} has no session: open_sessions first");
         client.seq += 1;
+        client.attempts = 0;
         self.history.operations.push(Operation {
             client: client.id,
             seq: client.seq,
@@ -1055,6 +1123,42 @@ impl ReplicaSim {
         client.target = Some(target);
         self.send_current(i);
         op
+    }
+
+    /// Every client without a session opens one through `target`; false if
+    /// some could not within `bound_us`.
+    pub fn open_sessions(&mut self, target: NodeId, bound_us: u64) -> bool {
+        for i in 0..self.clients.len() {
+            if self.clients[i].id == 0 {
+                self.clients[i].opening = true;
+                self.clients[i].target = Some(target);
+                self.send_current(i);
+            }
+        }
+        let deadline = self.now_us + bound_us;
+        self.run_until(deadline, |sim| sim.clients.iter().all(|c| c.id != 0))
+    }
+
+    /// Client `i` drops its session; the next `open_sessions` gives it a
+    /// new one.
+    pub fn drop_session(&mut self, i: usize) {
+        let client = &mut self.clients[i];
+        assert!(client.current.is_none() && !client.opening, "client {i} is busy");
+        client.id = 0;
+    }
+
+    /// The client of operation `op` sends it again (same session and
+    /// sequence), as if the answer it got had been lost.
+    pub fn retry_answered(&mut self, op: usize, target: NodeId) {
+        let o = &self.history.operations[op];
+        let i = self
+            .clients
+            .iter()
+            .position(|c| c.id == o.client && c.seq == o.seq && c.current.is_none())
+            .expect("the operation is its client's last, and the client is idle");
+        self.clients[i].current = Some(op);
+        self.clients[i].target = Some(target);
+        self.send_current(i);
     }
 
     /// Client `i` sends its current command again (same sequence) to `target`.

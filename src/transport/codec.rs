@@ -184,6 +184,7 @@ pub enum WireReply {
     BadRequest {
         reason: String,
     },
+    SessionExpired,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,6 +210,7 @@ impl WireReply {
             Reply::Stale { last_seq } => WireReply::Stale { last_seq },
             Reply::Busy => WireReply::Busy,
             Reply::AppFailed { reason } => WireReply::AppFailed { reason },
+            Reply::SessionExpired => WireReply::SessionExpired,
         }
     }
 }
@@ -247,6 +249,7 @@ pub fn encode_response(r: &WireResponse) -> Bytes {
             out.put_u8(7);
             out.put_slice(reason.as_bytes());
         }
+        WireReply::SessionExpired => out.put_u8(8),
     }
     out.freeze()
 }
@@ -276,6 +279,7 @@ pub fn decode_response(payload: Bytes) -> Result<WireResponse, CodecError> {
             max: r.u64("maximum")?,
         },
         7 => WireReply::BadRequest { reason: r.text()? },
+        8 => WireReply::SessionExpired,
         tag => {
             return Err(CodecError::Tag {
                 what: "response",
@@ -307,6 +311,7 @@ mod tests {
             ".{0,20}".prop_map(|reason| WireReply::AppFailed { reason }),
             any::<u64>().prop_map(|max| WireReply::TooLarge { max }),
             ".{0,20}".prop_map(|reason| WireReply::BadRequest { reason }),
+            Just(WireReply::SessionExpired),
         ]
     }
 
