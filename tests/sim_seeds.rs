@@ -137,7 +137,8 @@ fn replica_regression_seeds() {
         safety_us: 3_000_000,
         ..ReplicaRunConfig::default()
     };
-    for seed in [2065] {
+    const SEEDS: &[u64] = &[2065];
+    for &seed in SEEDS {
         let report = run_replica_seed(seed, &cfg);
         assert!(
             report.violations.is_empty(),

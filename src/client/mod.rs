@@ -138,7 +138,9 @@ enum Answer {
     Reply(Response),
     /// The session had expired; `sent_before`: an earlier attempt of this
     /// request was sent (and may have run).
-    Expired { sent_before: bool },
+    Expired {
+        sent_before: bool,
+    },
 }
 
 /// The asynchronous client (tokio).

@@ -31,7 +31,7 @@ use super::tree::{
 type Ino = u64;
 const ROOT: Ino = 0;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct State {
     mode: u32,
     data: Vec<u8>,
@@ -66,7 +66,7 @@ struct Inode {
 /// See the module documentation.
 #[derive(Clone)]
 pub struct MemTree {
-    inodes: HashMap<Ino, Inode>,
+    inodes: BTreeMap<Ino, Inode>,
     next_ino: Ino,
     next_group: u64,
     rng: ChaCha8Rng,
@@ -81,7 +81,7 @@ pub struct MemTree {
 impl MemTree {
     /// An empty tree; `seed` drives every crash decision.
     pub fn new(seed: u64) -> MemTree {
-        let mut inodes = HashMap::new();
+        let mut inodes = BTreeMap::new();
         inodes.insert(ROOT, Inode::new(true, 0o755));
         // The root itself is durable from the start.
         MemTree {
@@ -118,8 +118,8 @@ impl MemTree {
     /// module documentation); watches are dropped.
     pub fn crash(&mut self) {
         let mut group_kept: HashMap<u64, bool> = HashMap::new();
-        let mut inos: Vec<Ino> = self.inodes.keys().copied().collect();
-        inos.sort_unstable(); // HashMap order is not deterministic; the seed must be.
+        // In inode order (a BTreeMap): the seed decides everything.
+        let inos: Vec<Ino> = self.inodes.keys().copied().collect();
         for ino in inos {
             let inode = self.inodes.get_mut(&ino).expect("listed inode");
             let mut state = inode.durable.clone();
@@ -533,8 +533,14 @@ impl FileTree for MemTree {
             check_path_or_root(path)?;
             if let Some(ino) = self.lookup(path) {
                 let inode = self.inodes.get_mut(&ino).expect("looked-up inode");
-                inode.durable = inode.current.clone();
-                inode.unsynced.clear();
+                // Every change to `current` is in `unsynced` (see `mutate`),
+                // so replaying them makes `durable` equal `current` at the
+                // cost of the bytes written, not of the file's size (cloning
+                // grew with every append to a journal).
+                for mutation in inode.unsynced.drain(..) {
+                    apply_mutation(&mut inode.durable, &mutation);
+                }
+                debug_assert!(inode.durable == inode.current, "{path}: replayed state");
             }
         }
         Ok(())

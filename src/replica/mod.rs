@@ -42,10 +42,10 @@ mod core;
 pub mod entry;
 pub mod session;
 
+pub use self::core::decode_session_id;
 pub use self::core::{
     Effect, ExecOutcome, PeerMessage, Replica, ReplicaConfig, ReplicaError, ReplicaMutation,
     ReplicaSetup, ReplicaStats, Reply, Request, OPEN_SEQ,
 };
-pub use self::core::decode_session_id;
 pub use entry::{ClientId, CommandEntry, ReplicaEntry};
 pub use session::{Session, SessionTable, SESSIONS_DIR};

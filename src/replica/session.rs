@@ -12,6 +12,12 @@
 //! when a command entry applies and reloaded from the files after a restart
 //! or a snapshot.
 //!
+//! Sessions are opened by the cluster: a request of sequence
+//! [`crate::replica::OPEN_SEQ`] commits a record with sequence 0 under a
+//! new id, the generation of that entry, so no id is ever handed out twice
+//! and a retry whose session expired is recognised as such (refused with
+//! `SessionExpired`) instead of being taken for a new command.
+//!
 //! What it does not do: decide expiry (the leader's pipeline does, and the
 //! decision travels in the log as the removal of the record files plus the
 //! list in the entry), or speculative bookkeeping (the pipeline's).

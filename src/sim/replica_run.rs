@@ -249,6 +249,9 @@ fn run_inner(seed: u64, cfg: &ReplicaRunConfig) -> ReplicaRunReport {
             _ => {}
         }
     }
+    // Clients stop starting commands (under full load they were rarely all
+    // idle at one instant, and this phase then ran its whole bound).
+    d.sim.clients_draining = true;
     let deadline = d.sim.now_us + cfg.convergence_us_max / 2;
     d.run(deadline, |sim| {
         sim.clients.iter().all(|c| c.current.is_none())

@@ -195,6 +195,8 @@ pub struct ReplicaSim {
     /// Clients send to these servers.
     pub client_targets: Vec<NodeId>,
     pub clients_on: bool,
+    /// Clients finish (and retry) what they started but start nothing new.
+    pub clients_draining: bool,
     fired: Vec<u64>,
 }
 
@@ -266,6 +268,7 @@ impl ReplicaSim {
             clients,
             client_targets: (1..=nodes as NodeId).collect(),
             clients_on: false,
+            clients_draining: false,
             fired: Vec::new(),
         };
         for id in 1..=nodes as NodeId {
@@ -783,6 +786,10 @@ impl ReplicaSim {
         let busy = self.clients[i].current.is_some() || self.clients[i].opening;
         match self.clients[i].current {
             _ if busy && now < self.clients[i].deadline_us => {}
+            None if self.clients_draining => {
+                // Nothing new; a session being opened is no longer needed.
+                self.clients[i].opening = false;
+            }
             _ if busy => {
                 // No answer in time: retry, same sequence, another server.
                 self.stats.retries += 1;
@@ -1106,7 +1113,10 @@ impl ReplicaSim {
     /// The client must have a session ([`ReplicaSim::open_sessions`]).
     pub fn submit(&mut self, i: usize, command: LedgerCommand, target: NodeId) -> usize {
         let client = &mut self.clients[i];
-        assert!(client.id != 0, "client {i} has no session: open_sessions first");
+        assert!(
+            client.id != 0,
+            "client {i} has no session: open_sessions first"
+        );
         client.seq += 1;
         client.attempts = 0;
         self.history.operations.push(Operation {
@@ -1143,7 +1153,10 @@ impl ReplicaSim {
     /// new one.
     pub fn drop_session(&mut self, i: usize) {
         let client = &mut self.clients[i];
-        assert!(client.current.is_none() && !client.opening, "client {i} is busy");
+        assert!(
+            client.current.is_none() && !client.opening,
+            "client {i} is busy"
+        );
         client.id = 0;
     }
 
