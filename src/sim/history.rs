@@ -71,6 +71,10 @@ pub struct History {
     pub commit_index: Index,
     /// Clients told their session had expired.
     pub told_expired: Vec<ClientId>,
+    /// `Ok` answers to attempts their client had given up on (it retried):
+    /// (session, sequence, status, response). The client never saw them,
+    /// but I1 holds for them too.
+    pub earlier_answers: Vec<(ClientId, u64, u8, Vec<u8>)>,
 }
 
 /// The committed ledger state after each index where it changed.
@@ -262,11 +266,23 @@ impl History {
         by_request: &BTreeMap<(ClientId, u64), Vec<Index>>,
         violations: &mut Vec<String>,
     ) {
-        for op in &self.operations {
-            let Some(Outcome::Ok { status, response }) = &op.outcome else {
-                continue;
-            };
-            let is_write = op.command.writes() && !response.starts_with(b"X!") && *status == 0;
+        let ops: BTreeMap<(ClientId, u64), &Operation> = self
+            .operations
+            .iter()
+            .map(|op| ((op.client, op.seq), op))
+            .collect();
+        let seen = self.operations.iter().filter_map(|op| match &op.outcome {
+            Some(Outcome::Ok { status, response }) => Some((op, *status, response)),
+            _ => None,
+        });
+        let earlier = self
+            .earlier_answers
+            .iter()
+            .filter_map(|(client, seq, status, response)| {
+                ops.get(&(*client, *seq)).map(|op| (*op, *status, response))
+            });
+        for (op, status, response) in seen.chain(earlier) {
+            let is_write = op.command.writes() && !response.starts_with(b"X!") && status == 0;
             if !is_write {
                 continue;
             }
@@ -281,7 +297,7 @@ impl History {
                 continue;
             };
             let c = &self.committed[&indexes[0]];
-            if &c.response != response || c.status != *status {
+            if &c.response != response || c.status != status {
                 violations.push(format!(
                     "I1: client {:x} sequence {} was answered {:?} but entry {} committed {:?}",
                     op.client,

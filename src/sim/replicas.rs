@@ -84,6 +84,9 @@ enum Event {
     },
     Reply {
         client: usize,
+        /// Which send of the request this answers (low 16 bits).
+        attempt: u32,
+        session: ClientId,
         seq: u64,
         reply: Reply,
         commit: u64,
@@ -396,10 +399,22 @@ impl ReplicaSim {
             Event::Request { node, request } => self.on_request(node, request),
             Event::Reply {
                 client,
+                attempt,
+                session,
                 seq,
                 reply,
                 commit,
-            } => self.on_reply(client, seq, reply, commit),
+            } => {
+                let latest = self
+                    .clients
+                    .get(client)
+                    .is_some_and(|c| c.attempts & 0xFFFF == attempt);
+                if latest {
+                    self.on_reply(client, seq, reply, commit);
+                } else {
+                    self.on_earlier_reply(session, seq, reply);
+                }
+            }
             Event::Timer(id) if id >= TIMER_CLIENT_BASE => {
                 let client = (id - TIMER_CLIENT_BASE) as usize;
                 if self.clients_on {
@@ -625,15 +640,21 @@ impl ReplicaSim {
             Effect::Send(msg) => self.send(msg),
             Effect::Execute { id: exec, command } => self.execute(id, exec, command),
             Effect::Reply {
-                ctx, seq, reply, ..
+                ctx,
+                client: session,
+                seq,
+                reply,
             } => {
-                let client = (ctx >> 32) as usize;
+                let client = (ctx >> 48) as usize;
+                let attempt = ((ctx >> 32) & 0xFFFF) as u32;
                 let delay = self.rng.gen_range(50..2_000);
                 let commit = self.history.commit_index;
                 self.schedule(
                     delay,
                     Event::Reply {
                         client,
+                        attempt,
+                        session,
                         seq,
                         reply,
                         commit,
@@ -844,9 +865,13 @@ impl ReplicaSim {
         let c = &mut self.clients[i];
         c.target = Some(target);
         c.deadline_us = self.now_us + self.workload.client_timeout_us;
-        c.attempts += 1;
+        c.attempts = c.attempts.wrapping_add(1);
+        // The client takes only the answer to its latest send, as the
+        // client library does: it drops the connection of an attempt it
+        // gives up on, so an earlier attempt's answer never reaches it.
+        let attempt = u64::from(c.attempts & 0xFFFF);
         let request = Request {
-            ctx: ((i as u64) << 32) | (seq & 0xFFFF_FFFF),
+            ctx: ((i as u64) << 48) | (attempt << 32) | (seq & 0xFFFF_FFFF),
             client,
             seq,
             command,
@@ -922,6 +947,24 @@ impl ReplicaSim {
         o.commit_at_completion = commit;
         let client = &mut self.clients[i];
         client.current = None;
+    }
+
+    /// An answer to an attempt the client has given up on: the client never
+    /// sees it, but what it states must still be true, so the checker
+    /// gets the responses and the expiries.
+    fn on_earlier_reply(&mut self, session: ClientId, seq: u64, reply: Reply) {
+        if seq == OPEN_SEQ {
+            return;
+        }
+        match reply {
+            Reply::Ok { status, response } => {
+                self.history
+                    .earlier_answers
+                    .push((session, seq, status, response.to_vec()));
+            }
+            Reply::SessionExpired => self.history.told_expired.push(session),
+            _ => {}
+        }
     }
 
     /// The answer to a client's request for a session.
