@@ -30,13 +30,12 @@
 //! is bounded; an epoch's checks run on a healed network with all five
 //! servers running.
 
-use crate::check::{
-    check_invariants, check_linearizable, resolve, Budget, FindResult, Op, Verdict,
-};
+use crate::check::{check_invariants, check_linearizable, resolve, Budget, Op, Verdict};
 use crate::client::{BlockingClient, ClientConfig};
 use crate::demo::cluster::server_ip;
 use crate::demo::{
-    check_replicas, say, AppSpec, DemoError, DemoReport, LocalCluster, Workload, OPENING_CENTS,
+    check_audit, check_replicas, find_all, say, AppSpec, DemoError, DemoReport, LocalCluster,
+    Workload, OPENING_CENTS,
 };
 use crate::faultnet::{NetError, Netns};
 use bytes::Bytes;
@@ -45,7 +44,6 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Servers of the cluster under attack. `plan` cuts the shuffled list
@@ -59,8 +57,6 @@ const GRACE: Duration = Duration::from_millis(2000);
 /// The network stays whole this long after each epoch's last fault before
 /// the workload stops.
 const SETTLE: Duration = Duration::from_secs(3);
-/// Parallel `find` clients at the end of an epoch.
-const FIND_CLIENTS: usize = 8;
 /// Bounds on one fault's and one calm stretch's length.
 const FAULT_MS: (u64, u64) = (1_000, 6_000);
 const CALM_MS: (u64, u64) = (500, 2_500);
@@ -410,26 +406,14 @@ impl EpochRun<'_> {
             majority: true,
         });
         let outcome = work.stop();
-        let mut checks = DemoReport::default();
-        check_replicas(cluster, &[], &mut checks)?;
-        let mut failures = checks.failures;
-        for (id, status) in cluster.exited() {
-            failures.push(format!(
-                "server {id} stopped on its own ({status}):\n{}",
-                cluster.log_tail(id, 20)
-            ));
-            cluster.start(id)?;
-        }
-        audit_total(admin, &mut failures, accounts_total);
         let initial: HashMap<String, u64> =
             names.iter().map(|n| (n.clone(), OPENING_CENTS)).collect();
-        let verdict = verify_history(self.cfg, &outcome.history, &initial);
-        failures.extend(
-            verdict
-                .failures
-                .iter()
-                .map(|f| format!("epoch {epoch}: {f}")),
-        );
+        let (failures, verdict) =
+            check_healed(cluster, admin, accounts_total, &outcome.history, &initial)?;
+        let failures: Vec<String> = failures
+            .into_iter()
+            .map(|f| format!("epoch {epoch}: {f}"))
+            .collect();
         report.linearizable_ops += verdict.linearizable_ops;
         report.undecided_epochs += u64::from(verdict.undecided);
         let avail = availability(&windows, &outcome.answers, &outcome.history);
@@ -462,27 +446,36 @@ impl EpochRun<'_> {
     }
 }
 
-/// The audit through the cluster: money conserved over every account
-/// opened so far (transfers move money, fees go to the house).
-fn audit_total(admin: &mut BlockingClient, failures: &mut Vec<String>, accounts: u64) {
-    let r = match admin.call(Bytes::from_static(b"audit")) {
-        Ok(r) => r,
-        Err(e) => {
-            failures.push(format!("audit unanswered on a healed network: {e}"));
-            return;
-        }
-    };
-    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-    let total = v.get("total_cents").and_then(|t| t.as_u64());
-    let conserved = v.get("conserved").and_then(|c| c.as_bool()) == Some(true);
-    let consistent = v.get("ledger_consistent").and_then(|c| c.as_bool()) == Some(true);
-    let expected = accounts * OPENING_CENTS;
-    if !(conserved && consistent && total == Some(expected)) {
-        failures.push(format!(
-            "AUDIT FAILED: expected total {expected}: {}",
-            String::from_utf8_lossy(&r.body)
+/// Every check after a run, on a healed network: the survivors' replicas
+/// identical (index, state hash, committed files), no server stopped on its
+/// own (each is named with its log's tail, then started again), the audit
+/// over `accounts_total` opened accounts (money conserved, ledger
+/// consistent), and `history` (see [`verify_history`]) from `initial`.
+/// Returns the failures and the history's verdict.
+pub fn check_healed(
+    cluster: &mut LocalCluster,
+    admin: &mut BlockingClient,
+    accounts_total: u64,
+    history: &[Op],
+    initial: &HashMap<String, u64>,
+) -> Result<(Vec<String>, HistoryVerdict), DemoError> {
+    let mut checks = DemoReport::default();
+    check_replicas(cluster, &[], &mut checks)?;
+    for (id, status) in cluster.exited() {
+        checks.failures.push(format!(
+            "server {id} stopped on its own ({status}):\n{}",
+            cluster.log_tail(id, 20)
         ));
+        cluster.start(id)?;
     }
+    if let Err(e) = check_audit(admin, accounts_total, &mut checks) {
+        checks
+            .failures
+            .push(format!("audit unanswered on a healed network: {e}"));
+    }
+    let verdict = verify_history(&cluster.client_config(), history, initial);
+    checks.failures.extend(verdict.failures.iter().cloned());
+    Ok((checks.failures, verdict))
 }
 
 /// The checks of one history, after the run.
@@ -547,48 +540,6 @@ pub fn verify_history(
         Verdict::Unknown { .. } => verdict.undecided = true,
     }
     verdict
-}
-
-/// `find` of every reference, by `FIND_CLIENTS` clients in parallel.
-pub fn find_all(
-    cfg: &ClientConfig,
-    references: Vec<String>,
-) -> Result<HashMap<String, FindResult>, String> {
-    let queue = Arc::new(Mutex::new(references));
-    let found = Arc::new(Mutex::new(HashMap::new()));
-    let threads: Vec<_> = (0..FIND_CLIENTS)
-        .map(|_| {
-            let (queue, found, cfg) = (queue.clone(), found.clone(), cfg.clone());
-            std::thread::spawn(move || -> Result<(), String> {
-                let mut client = BlockingClient::connect(cfg).map_err(|e| e.to_string())?;
-                loop {
-                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                    let Some(reference) = next else {
-                        return Ok(());
-                    };
-                    let r = client
-                        .call(Bytes::from(format!("find {reference}")))
-                        .map_err(|e| format!("find {reference}: {e}"))?;
-                    let v: serde_json::Value = serde_json::from_slice(&r.body)
-                        .map_err(|e| format!("find {reference}: not JSON: {e}"))?;
-                    let count = v["count"]
-                        .as_u64()
-                        .ok_or_else(|| format!("find {reference}: no count in {v}"))?;
-                    let fee_cents = v["txns"][0]["fee_cents"].as_u64();
-                    found
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(reference, FindResult { count, fee_cents });
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join()
-            .map_err(|_| "a find client panicked".to_string())??;
-    }
-    let found = std::mem::take(&mut *found.lock().unwrap_or_else(|e| e.into_inner()));
-    Ok(found)
 }
 
 // ----------------------------------------------------------------- faults

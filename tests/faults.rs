@@ -11,12 +11,13 @@
 //! test says why and skips. Every wait is bounded; no rule touches the
 //! host's network.
 
+use bunker::check::Op;
 use bunker::client::BlockingClient;
 use bunker::demo::cluster::server_ip;
-use bunker::demo::{check_audit, check_replicas, AppSpec, DemoReport, LocalCluster, Workload};
+use bunker::demo::{AppSpec, LocalCluster, Workload};
 use bunker::faultdisk::SmallDisk;
 use bunker::faultnet::{available, Netns};
-use bunker::nemesis::{verify_history, FaultKind, NemesisOptions};
+use bunker::nemesis::{check_healed, FaultKind, HistoryVerdict, NemesisOptions};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -115,17 +116,7 @@ fn run(ns: &Netns, mutation: Option<&str>, fault: impl FnOnce(&Netns, &LocalClus
     ns.heal().expect("heal");
     work.wait(AFTER, &c);
     let outcome = work.stop();
-    let mut report = DemoReport::default();
-    check_audit(&mut admin, ACCOUNTS as u64, &mut report).expect("audit");
-    check_replicas(&c, &[], &mut report).expect("replicas");
-    let mut failures = report.failures;
-    let initial = names
-        .iter()
-        .map(|n| (n.clone(), bunker::demo::OPENING_CENTS))
-        .collect();
-    // Every acknowledged transfer once, refused absent, unknown at most
-    // once, fees within the rule, and linearizability (bunker::check).
-    let verdict = verify_history(&cfg, &outcome.history, &initial);
+    let (failures, verdict) = checks(&mut c, &mut admin, &names, &outcome.history);
     println!(
         "{} ops linearizable{}",
         verdict.linearizable_ops,
@@ -135,10 +126,6 @@ fn run(ns: &Netns, mutation: Option<&str>, fault: impl FnOnce(&Netns, &LocalClus
             ""
         }
     );
-    failures.extend(verdict.failures);
-    for (id, status) in c.exited() {
-        failures.push(format!("server {id} stopped on its own ({status})"));
-    }
     // Availability: answers while a majority could talk (after a grace of
     // two election timeouts and the clients' backoff), and after healing.
     let grace = Duration::from_millis(1500);
@@ -162,6 +149,23 @@ fn run(ns: &Netns, mutation: Option<&str>, fault: impl FnOnce(&Netns, &LocalClus
         during,
         after,
     }
+}
+
+/// Every check on the healed cluster (`bunker::nemesis::check_healed`):
+/// replicas identical, no server stopped, the audit, every acknowledged
+/// transfer once, refused absent, unknown at most once, fees within the
+/// rule, and linearizability (`bunker::check`).
+fn checks(
+    c: &mut LocalCluster,
+    admin: &mut BlockingClient,
+    names: &[String],
+    history: &[Op],
+) -> (Vec<String>, HistoryVerdict) {
+    let initial = names
+        .iter()
+        .map(|n| (n.clone(), bunker::demo::OPENING_CENTS))
+        .collect();
+    check_healed(c, admin, ACCOUNTS as u64, history, &initial).expect("checks")
 }
 
 fn open_accounts(admin: &mut BlockingClient) -> Vec<String> {
@@ -328,14 +332,9 @@ fn full_disk_on_the_leader_then_on_a_follower() {
         c.start_all().expect("restart");
     }
     let outcome = work.stop();
-    let mut report = DemoReport::default();
-    check_audit(&mut admin, ACCOUNTS as u64, &mut report).expect("audit");
-    check_replicas(&c, &[], &mut report).expect("replicas");
-    let initial = names
-        .iter()
-        .map(|n| (n.clone(), bunker::demo::OPENING_CENTS))
-        .collect();
-    let verdict = verify_history(&cfg, &outcome.history, &initial);
+    full_stops += note_exits(&mut c, &mut failures);
+    c.start_all().expect("restart");
+    let (more, verdict) = checks(&mut c, &mut admin, &names, &outcome.history);
     println!(
         "acknowledged {}, unknown {}, refused {}; {} ops linearizable{}; {full_stops} stop(s) on the full disk",
         outcome.acked.len(),
@@ -344,9 +343,7 @@ fn full_disk_on_the_leader_then_on_a_follower() {
         verdict.linearizable_ops,
         if verdict.undecided { " (search undecided)" } else { "" }
     );
-    failures.extend(report.failures);
-    failures.extend(verdict.failures);
-    note_exits(&mut c, &mut failures);
+    failures.extend(more);
     c.stop_all();
     drop(disks);
     assert!(failures.is_empty(), "{failures:#?}");

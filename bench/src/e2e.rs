@@ -13,16 +13,14 @@
 //! What it does not do: compare with other systems (`bunker-bench anchors`,
 //! a later issue) or inject faults.
 
+use crate::anchors::{closed_loop, Conn, Loop};
 use bunker::client::{BlockingClient, ClientConfig};
 use bunker::demo::{AppSpec, LocalCluster};
 use bytes::Bytes;
 use clap::Args;
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct E2eArgs {
@@ -176,6 +174,22 @@ pub(crate) fn command(app: &str, client: usize, n: u64) -> Bytes {
     }
 }
 
+/// One client of the e2e benchmark: a command of `app` per write.
+struct AppConn {
+    client: BlockingClient,
+    app: String,
+    id: usize,
+}
+
+impl Conn for AppConn {
+    fn write(&mut self, seq: u64) -> Result<(), String> {
+        self.client
+            .call(command(&self.app, self.id, seq))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
 fn measure(
     cluster: &LocalCluster,
     app: &str,
@@ -184,42 +198,17 @@ fn measure(
     length: Duration,
 ) -> Result<Point, String> {
     let cfg: ClientConfig = cluster.client_config();
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let threads: Vec<_> = (0..clients)
-        .map(|c| {
-            let (cfg, stop, app) = (cfg.clone(), stop.clone(), app.to_string());
-            std::thread::spawn(move || -> Result<(Histogram<u64>, u64), String> {
-                let mut h = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
-                let mut client = BlockingClient::connect(cfg).map_err(|e| e.to_string())?;
-                let mut errors = 0;
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let t = Instant::now();
-                    match client.call(command(&app, c, n)) {
-                        Ok(_) => {
-                            let _ = h.record(t.elapsed().as_micros() as u64);
-                        }
-                        Err(_) => errors += 1,
-                    }
-                }
-                Ok((h, errors))
-            })
-        })
-        .collect();
-    std::thread::sleep(length);
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
-    let mut errors = 0;
-    for t in threads {
-        let (h, e) = t
-            .join()
-            .map_err(|_| "a client thread panicked".to_string())??;
-        all.add(&h).map_err(|e| e.to_string())?;
-        errors += e;
+    let mut conns: Vec<Box<dyn Conn>> = Vec::with_capacity(clients);
+    for id in 0..clients {
+        let client = BlockingClient::connect(cfg.clone()).map_err(|e| e.to_string())?;
+        let app = app.to_string();
+        conns.push(Box::new(AppConn { client, app, id }));
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let Loop {
+        histogram: all,
+        errors,
+        seconds,
+    } = closed_loop(conns, length)?;
     Ok(Point {
         app: app.to_string(),
         servers,

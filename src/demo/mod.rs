@@ -29,10 +29,11 @@ use crate::client::{BlockingClient, ClientConfig, ClientError};
 use crate::server::status::{fetch_status, render};
 pub mod cluster;
 
+use crate::check::FindResult;
 use bytes::Bytes;
 pub use cluster::{AppSpec, LocalCluster, SERVERS, WAIT_MAX};
 use hdrhistogram::Histogram;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -191,7 +192,7 @@ fn drive(cluster: &mut LocalCluster, opts: &DemoOptions) -> Result<DemoReport, D
             cluster.log_tail(id, 20)
         ));
     }
-    check_history(&client_cfg, opts.clients.max(4), &outcome, &mut report)?;
+    check_history(&client_cfg, &outcome, &mut report)?;
     check_audit(&mut admin, names.len() as u64, &mut report)?;
     check_replicas(cluster, &destroyed, &mut report)?;
     report.text = outcome.describe(opts.seconds, opts.calm);
@@ -487,33 +488,33 @@ impl Outcome {
 
 // ----------------------------------------------------------------- checks
 
-/// Every acknowledged transfer exactly once, refused ones never, unknown
-/// ones at most once: asked through the cluster with `find`.
+/// Every reference the workload recorded, looked up with `find`:
+/// acknowledged ones exactly once, refused ones never, unknown ones at most
+/// once.
 pub fn check_history(
     cfg: &ClientConfig,
-    clients: usize,
     outcome: &Outcome,
     report: &mut DemoReport,
 ) -> Result<(), DemoError> {
-    let mut work: Vec<(String, &'static str)> = Vec::new();
-    work.extend(outcome.acked.iter().map(|r| (r.clone(), "acked")));
-    work.extend(outcome.refused.iter().map(|r| (r.clone(), "refused")));
-    work.extend(outcome.unknown.iter().map(|r| (r.clone(), "unknown")));
-    let total = work.len();
-    let queue = Arc::new(Mutex::new(work));
-    let problems = Arc::new(Mutex::new(Vec::new()));
-    let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            let (queue, problems, cfg) = (queue.clone(), problems.clone(), cfg.clone());
-            std::thread::spawn(move || find_worker(cfg, &queue, &problems))
-        })
-        .collect();
-    for t in threads {
-        if let Ok(Err(e)) = t.join() {
-            return Err(e);
+    let mut work: Vec<(&String, &'static str)> = Vec::new();
+    work.extend(outcome.acked.iter().map(|r| (r, "acked")));
+    work.extend(outcome.refused.iter().map(|r| (r, "refused")));
+    work.extend(outcome.unknown.iter().map(|r| (r, "unknown")));
+    let references = work.iter().map(|(r, _)| (*r).clone()).collect();
+    let found = find_all(cfg, references).map_err(DemoError::Cluster)?;
+    let mut problems = Vec::new();
+    for (reference, kind) in &work {
+        let count = found.get(*reference).map(|f| f.count);
+        let ok = matches!(
+            (*kind, count),
+            ("acked", Some(1)) | ("refused", Some(0)) | ("unknown", Some(0 | 1))
+        );
+        if !ok {
+            problems.push(format!(
+                "LOST OR DUPLICATED: transfer {reference} ({kind}) found {count:?} times"
+            ));
         }
     }
-    let problems = std::mem::take(&mut *problems.lock().unwrap_or_else(|e| e.into_inner()));
     if problems.is_empty() {
         say(&format!(
             "history: all {} acknowledged transfers present exactly once; {} refused absent; {} unknown at most once",
@@ -522,39 +523,57 @@ pub fn check_history(
             outcome.unknown.len()
         ));
     }
-    say(&format!("history: {total} references checked with `find`"));
+    say(&format!(
+        "history: {} references checked with `find`",
+        work.len()
+    ));
     report.failures.extend(problems);
     Ok(())
 }
 
-fn find_worker(
-    cfg: ClientConfig,
-    queue: &Mutex<Vec<(String, &'static str)>>,
-    problems: &Mutex<Vec<String>>,
-) -> Result<(), DemoError> {
-    let mut client = BlockingClient::connect(cfg)?;
-    loop {
-        let Some((reference, kind)) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
-            return Ok(());
-        };
-        let r = client.call(Bytes::from(format!("find {reference}")))?;
-        let count = serde_json::from_slice::<serde_json::Value>(&r.body)
-            .ok()
-            .and_then(|v| v.get("count").and_then(|c| c.as_u64()));
-        let ok = matches!(
-            (kind, count),
-            ("acked", Some(1)) | ("refused", Some(0)) | ("unknown", Some(0 | 1))
-        );
-        if !ok {
-            problems
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(format!(
-                    "LOST OR DUPLICATED: transfer {reference} ({kind}) found {count:?} times: {}",
-                    String::from_utf8_lossy(&r.body)
-                ));
-        }
+/// Parallel `find` clients.
+const FIND_CLIENTS: usize = 8;
+
+/// `find` of every reference, by `FIND_CLIENTS` clients in parallel.
+pub fn find_all(
+    cfg: &ClientConfig,
+    references: Vec<String>,
+) -> Result<HashMap<String, FindResult>, String> {
+    let queue = Arc::new(Mutex::new(references));
+    let found = Arc::new(Mutex::new(HashMap::new()));
+    let threads: Vec<_> = (0..FIND_CLIENTS)
+        .map(|_| {
+            let (queue, found, cfg) = (queue.clone(), found.clone(), cfg.clone());
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut client = BlockingClient::connect(cfg).map_err(|e| e.to_string())?;
+                loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                    let Some(reference) = next else {
+                        return Ok(());
+                    };
+                    let r = client
+                        .call(Bytes::from(format!("find {reference}")))
+                        .map_err(|e| format!("find {reference}: {e}"))?;
+                    let v: serde_json::Value = serde_json::from_slice(&r.body)
+                        .map_err(|e| format!("find {reference}: not JSON: {e}"))?;
+                    let count = v["count"]
+                        .as_u64()
+                        .ok_or_else(|| format!("find {reference}: no count in {v}"))?;
+                    let fee_cents = v["txns"][0]["fee_cents"].as_u64();
+                    found
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(reference, FindResult { count, fee_cents });
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| "a find client panicked".to_string())??;
     }
+    let found = std::mem::take(&mut *found.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(found)
 }
 
 /// `audit` through the cluster: money conserved, ledger consistent, and

@@ -210,14 +210,19 @@ fn start(name: &str, dir: &Path, exe: &Path, no_install: bool) -> Result<Box<dyn
     }
 }
 
-/// Closed-loop clients for `length`: each sends its next operation as soon
-/// as the previous one is answered.
-fn measure(system: &dyn System, clients: usize, length: Duration) -> Result<Point, String> {
+/// What closed-loop clients measured together.
+pub struct Loop {
+    /// Latency of every answered operation, in microseconds.
+    pub histogram: Histogram<u64>,
+    /// Operations that ended in an error.
+    pub errors: u64,
+    pub seconds: f64,
+}
+
+/// Closed-loop clients for `length`, one thread per connection: each sends
+/// its next operation as soon as the previous one is answered.
+pub fn closed_loop(conns: Vec<Box<dyn Conn>>, length: Duration) -> Result<Loop, String> {
     let stop = Arc::new(AtomicBool::new(false));
-    let mut conns = Vec::with_capacity(clients);
-    for c in 0..clients {
-        conns.push(system.connect(c)?);
-    }
     let started = Instant::now();
     let threads: Vec<_> = conns
         .into_iter()
@@ -242,16 +247,33 @@ fn measure(system: &dyn System, clients: usize, length: Duration) -> Result<Poin
         .collect();
     std::thread::sleep(length);
     stop.store(true, Ordering::Relaxed);
-    let mut all = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    let mut histogram = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let mut errors = 0;
     for t in threads {
         let (h, e) = t
             .join()
             .map_err(|_| "a client thread panicked".to_string())??;
-        all.add(&h).map_err(|e| e.to_string())?;
+        histogram.add(&h).map_err(|e| e.to_string())?;
         errors += e;
     }
-    let seconds = started.elapsed().as_secs_f64();
+    Ok(Loop {
+        histogram,
+        errors,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// One point: `clients` closed-loop clients of `system` for `length`.
+fn measure(system: &dyn System, clients: usize, length: Duration) -> Result<Point, String> {
+    let mut conns = Vec::with_capacity(clients);
+    for c in 0..clients {
+        conns.push(system.connect(c)?);
+    }
+    let Loop {
+        histogram: all,
+        errors,
+        seconds,
+    } = closed_loop(conns, length)?;
     Ok(Point {
         system: system.name(),
         clients,
