@@ -309,6 +309,12 @@ impl Client {
                     WireReply::Stale { last_seq } => {
                         return Err(ClientError::Stale { seq, last_seq })
                     }
+                    WireReply::AppFailed { reason } if seq == OPEN_SEQ => {
+                        // Not proposed (a full pipeline or log): opening a
+                        // session is always safe to send again.
+                        last_error = format!("{target}: {reason}");
+                        true
+                    }
                     WireReply::AppFailed { reason } => {
                         return Err(ClientError::AppFailed { reason })
                     }

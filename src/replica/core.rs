@@ -876,8 +876,10 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
                 return Ok(());
             };
             if request.seq == OPEN_SEQ {
-                // Nothing runs: the entry holds the new session's record.
-                return self.propose_command(request, 0, Bytes::new());
+                // Nothing runs: the entry holds the new session's record,
+                // and the next request can start at once.
+                self.propose_command(request, 0, Bytes::new())?;
+                continue;
             }
             let dedup = self.cfg.mutation != ReplicaMutation::SkipDedup;
             let spec_seq = l.spec.get(&request.client).copied().filter(|_| dedup);

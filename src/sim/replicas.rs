@@ -989,7 +989,9 @@ impl ReplicaSim {
                 self.stats.retries += 1;
                 self.send_current(i);
             }
-            Reply::Unknown | Reply::Busy => {
+            // Not proposed (a full pipeline or log), or the outcome is
+            // unknown: an open is always safe to send again.
+            Reply::Unknown | Reply::Busy | Reply::AppFailed { .. } => {
                 self.clients[i].target = None;
                 self.stats.retries += 1;
                 self.send_current(i);
