@@ -1098,7 +1098,6 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         let excess = (live - self.cfg.sessions_max).min(EXPIRED_PER_ENTRY_MAX);
         self.sessions
             .oldest()
-            .into_iter()
             .filter(|c| *c != client && !l.spec.contains_key(c) && !l.spec_expired.contains(c))
             .take(excess)
             .collect()

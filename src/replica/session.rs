@@ -29,7 +29,7 @@
 use crate::delta::{FileTree, TreeError};
 use crate::replica::entry::ClientId;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The directory, inside the application's data directory, that Bunker
@@ -117,6 +117,10 @@ fn client_of(name: &str) -> Option<ClientId> {
 #[derive(Clone, Debug, Default)]
 pub struct SessionTable {
     sessions: BTreeMap<ClientId, Session>,
+    /// The same sessions by (generation, client): the leader picks the
+    /// oldest to expire with every command once the table is full, so this
+    /// must not cost a sort of the whole table.
+    by_generation: BTreeSet<(u64, ClientId)>,
     /// Highest generation recorded.
     generation: u64,
 }
@@ -141,22 +145,25 @@ impl SessionTable {
     /// Records a committed command of `client`.
     pub fn record(&mut self, client: ClientId, session: Session) {
         self.generation = self.generation.max(session.generation);
-        self.sessions.insert(client, session);
+        self.by_generation.insert((session.generation, client));
+        if let Some(old) = self.sessions.insert(client, session) {
+            if self.sessions[&client].generation != old.generation {
+                self.by_generation.remove(&(old.generation, client));
+            }
+        }
+        debug_assert_eq!(self.by_generation.len(), self.sessions.len());
     }
 
     pub fn expire(&mut self, client: ClientId) {
-        self.sessions.remove(&client);
+        if let Some(old) = self.sessions.remove(&client) {
+            self.by_generation.remove(&(old.generation, client));
+        }
+        debug_assert_eq!(self.by_generation.len(), self.sessions.len());
     }
 
     /// Clients by ascending generation (least recently recorded first).
-    pub fn oldest(&self) -> Vec<ClientId> {
-        let mut all: Vec<(u64, ClientId)> = self
-            .sessions
-            .iter()
-            .map(|(c, s)| (s.generation, *c))
-            .collect();
-        all.sort_unstable();
-        all.into_iter().map(|(_, c)| c).collect()
+    pub fn oldest(&self) -> impl Iterator<Item = ClientId> + '_ {
+        self.by_generation.iter().map(|(_, c)| *c)
     }
 
     /// Reads every record under `root` (a committed tree directory).
@@ -202,6 +209,27 @@ mod tests {
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode_record("x", &data);
         }
+    }
+
+    #[test]
+    fn the_oldest_come_first_and_follow_records_and_expiries() {
+        let s = |generation| Session {
+            seq: 1,
+            status: 0,
+            response: Bytes::new(),
+            generation,
+        };
+        let mut t = SessionTable::default();
+        t.record(7, s(3));
+        t.record(5, s(1));
+        t.record(9, s(2));
+        assert_eq!(t.oldest().collect::<Vec<_>>(), vec![5, 9, 7]);
+        t.record(5, s(4)); // client 5 recorded again: now the newest
+        assert_eq!(t.oldest().collect::<Vec<_>>(), vec![9, 7, 5]);
+        t.expire(9);
+        t.expire(42); // unknown: nothing happens
+        assert_eq!(t.oldest().collect::<Vec<_>>(), vec![7, 5]);
+        assert_eq!((t.len(), t.generation()), (2, 4));
     }
 
     #[test]
