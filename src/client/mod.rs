@@ -149,6 +149,11 @@ pub struct Client {
     tls: Arc<rustls::ClientConfig>,
     client_id: u64,
     seq: u64,
+    /// The next call continues a session given in the configuration: it
+    /// may be a retry of a command an earlier process sent, so a
+    /// `SessionExpired` answer to it is an error, never a reason to run it
+    /// in a new session.
+    resuming: bool,
     leader: Option<SocketAddr>,
     next_server: usize,
     conn: Option<(SocketAddr, Stream)>,
@@ -174,6 +179,7 @@ impl Client {
             tls: identity.client_config()?,
             client_id,
             seq: next_seq.saturating_sub(1),
+            resuming: cfg.session.is_some(),
             leader: None,
             next_server: rand::random::<usize>() % cfg.servers.len(),
             conn: None,
@@ -203,11 +209,12 @@ impl Client {
             }
             self.seq += 1;
             let seq = self.seq;
+            let resuming = std::mem::replace(&mut self.resuming, false);
             match self.exchange(seq, &command, started).await? {
                 Answer::Reply(r) => return Ok(r),
                 Answer::Expired { sent_before } => {
                     let client = std::mem::replace(&mut self.client_id, 0);
-                    if sent_before {
+                    if sent_before || resuming {
                         return Err(ClientError::SessionExpired { client, seq });
                     }
                 }
