@@ -7,7 +7,8 @@
 //! - a server restarted: it recovers its log and state and catches up;
 //! - two servers destroyed at once: the other three go on;
 //! - a client with a certificate from another CA is refused, and the
-//!   cluster keeps serving good clients.
+//!   cluster keeps serving good clients;
+//! - a resumed session gets stored responses, an unknown one is refused.
 //!
 //! No timing assertions: every wait is bounded and fails only when the
 //! bound is exceeded by a wide margin.
@@ -147,6 +148,43 @@ fn a_client_certificate_from_another_ca_is_refused() {
     );
     let mut client = BlockingClient::connect(good).expect("connect");
     assert_eq!(call(&mut client, "audit")["ok"], true);
+}
+
+/// Exactly once across client processes (BRIEF I4): a command sent again
+/// as the same sequence of the same session (what `bunker exec --session
+/// ID:SEQ` does after an unknown outcome) gets the stored response and does
+/// not run again; a session the cluster never opened (or expired) is
+/// refused with `SessionExpired`, never run in a new session.
+#[test]
+fn a_resumed_session_gets_the_stored_response_and_an_unknown_one_is_refused() {
+    let (_tmp, c) = cluster("bunker-sessions-", 3);
+    let cfg = c.client_config();
+    let mut first = BlockingClient::connect(cfg.clone()).expect("connect");
+    let opened = call(&mut first, "open sess-a 700");
+    let (id, seq) = (first.client_id(), 1);
+    assert_ne!(id, 0, "the first call opened a session");
+    // A second process retries sequence 1 of that session.
+    let resume = |session| {
+        BlockingClient::connect(ClientConfig {
+            session: Some(session),
+            ..cfg.clone()
+        })
+        .expect("connect")
+    };
+    let mut retry = resume((id, seq));
+    assert_eq!(
+        call(&mut retry, "open sess-a 700"),
+        opened,
+        "the stored response"
+    );
+    assert_eq!(balance(&mut retry, "sess-a"), 700, "ran once");
+    let mut unknown = resume((id + 1_000_000, 1));
+    match unknown.call(Bytes::from_static(b"open sess-b 5")) {
+        Err(bunker::client::ClientError::SessionExpired { .. }) => {}
+        other => panic!("an unknown session was not refused: {other:?}"),
+    }
+    let mut fresh = BlockingClient::connect(cfg).expect("connect");
+    assert_eq!(call(&mut fresh, "balance sess-b")["ok"], false, "never ran");
 }
 
 /// Opens a TLS connection with `cert` (a file stem under certs/) to `addr`,
