@@ -25,6 +25,7 @@
 //! thread). `format` is the on-disk format, `recovery` rebuilds the log after
 //! a crash. docs/RINGLOG.md describes the format, recovery and the choices.
 
+pub mod adaptive;
 pub mod disk;
 pub mod format;
 mod recovery;

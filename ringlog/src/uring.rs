@@ -4,7 +4,9 @@
 //! What it does: [`UringDisk`] implements [`Disk`]. `submit` hands a
 //! [`FlushJob`] to the I/O thread over a bounded crossbeam channel; the
 //! thread issues each stage's writes and its sync as one linked io_uring
-//! submission (or, in [`SyncMode::Dsync`], writes flagged `RWF_DSYNC`), and
+//! submission (or, in [`SyncMode::Dsync`], writes flagged `RWF_DSYNC`; in
+//! [`SyncMode::Adaptive`], whichever of the two the flushes of a similar size
+//! measured faster recently, see [`crate::adaptive`]), and
 //! reports each finished job on a completion channel, which the owner polls
 //! (`RingLog::poll_durable`) or waits on (`RingLog::complete_flush`). Reads
 //! and the hard-state writes are plain `pread`/`pwrite` on the owner's
@@ -21,6 +23,7 @@
 //! [`AlignedBuf`] owned by the job until its completions are reaped; the I/O
 //! thread exits when the owner drops the disk, after finishing queued jobs.
 
+use crate::adaptive::{SyncChooser, SyncPath};
 use crate::disk::{AlignedBuf, Disk, FlushJob};
 use crate::format::SECTOR_BYTES;
 use crate::ring::{Geometry, Options, RingLog};
@@ -32,8 +35,10 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 /// How a flush makes its writes durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +47,26 @@ pub enum SyncMode {
     Fdatasync,
     /// Writes flagged `RWF_DSYNC` (each write is durable on completion).
     Dsync,
+    /// Either of the above, flush by flush, by the latencies measured on
+    /// this disk while the log runs ([`crate::adaptive::SyncChooser`]).
+    Adaptive,
+}
+
+/// Flushes made durable by each path so far (for metrics and benchmarks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncPathCounts {
+    pub fdatasync: u64,
+    pub dsync: u64,
+}
+
+/// What the I/O thread shares with the owner: its current choice of path
+/// for small writes, and how many flushes each path made.
+#[derive(Debug, Default)]
+struct Shared {
+    /// 1 when `RWF_DSYNC` measured faster for one-sector flushes.
+    small_prefers_dsync: AtomicBool,
+    fdatasync: AtomicU64,
+    dsync: AtomicU64,
 }
 
 /// Options of the production driver.
@@ -64,8 +89,9 @@ pub struct UringOptions {
 impl Default for UringOptions {
     fn default() -> UringOptions {
         UringOptions {
-            // Chosen by measurement: see docs/PERFORMANCE.md, "ringlog".
-            sync_mode: SyncMode::Fdatasync,
+            // Neither fixed path is right on every machine and load: see
+            // docs/PERFORMANCE.md, "ringlog", and the `adaptive` module.
+            sync_mode: SyncMode::Adaptive,
             jobs_queued_max: 4,
             allow_volatile_fs: false,
             spin_us: 0,
@@ -99,6 +125,7 @@ pub struct UringDisk {
     /// take the same sync path as flushes.
     owner_ring: IoUring,
     sync_mode: SyncMode,
+    shared: Arc<Shared>,
 }
 
 /// Receives from `rx`, polling for up to `spin_us` before blocking.
@@ -272,9 +299,21 @@ impl UringDisk {
         let thread_file = Arc::clone(&file);
         let mode = options.sync_mode;
         let spin_us = options.spin_us;
+        let shared = Arc::new(Shared::default());
+        let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("ringlog-io".into())
-            .spawn(move || io_thread(ring, thread_file, mode, spin_us, jobs_rx, done_tx))
+            .spawn(move || {
+                io_thread(
+                    ring,
+                    thread_file,
+                    mode,
+                    spin_us,
+                    &thread_shared,
+                    jobs_rx,
+                    done_tx,
+                )
+            })
             .map_err(|e| explain(path, "starting the I/O thread", e))?;
         Ok(UringDisk {
             path: path.to_path_buf(),
@@ -287,11 +326,32 @@ impl UringDisk {
             spare: Vec::new(),
             owner_ring,
             sync_mode: options.sync_mode,
+            shared,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Flushes made durable by each path so far.
+    pub fn sync_path_counts(&self) -> SyncPathCounts {
+        SyncPathCounts {
+            fdatasync: self.shared.fdatasync.load(Ordering::Relaxed),
+            dsync: self.shared.dsync.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The path the owner's own durable writes take.
+    fn owner_path(&self) -> SyncPath {
+        match self.sync_mode {
+            SyncMode::Fdatasync => SyncPath::Fdatasync,
+            SyncMode::Dsync => SyncPath::Dsync,
+            SyncMode::Adaptive if self.shared.small_prefers_dsync.load(Ordering::Relaxed) => {
+                SyncPath::Dsync
+            }
+            SyncMode::Adaptive => SyncPath::Fdatasync,
+        }
     }
 
     /// The completion channel, for an event loop that selects on it (call
@@ -399,13 +459,8 @@ impl Disk for UringDisk {
             buf: buf.clone(),
         };
         let fd = self.file.as_raw_fd();
-        run_stage(
-            &mut self.owner_ring,
-            fd,
-            self.sync_mode,
-            std::slice::from_ref(&write),
-        )
-        .map_err(|e| {
+        let path = self.owner_path();
+        run_stage(&mut self.owner_ring, fd, path, std::slice::from_ref(&write)).map_err(|e| {
             self.error(
                 &format!("writing {} bytes at offset {offset}", buf.len()),
                 e,
@@ -469,17 +524,44 @@ fn io_thread(
     file: Arc<File>,
     mode: SyncMode,
     spin_us: u64,
+    shared: &Shared,
     jobs: Receiver<FlushJob>,
     done: Sender<Completion>,
 ) {
+    let mut chooser = SyncChooser::new();
     while let Ok(job) = recv_spinning(&jobs, spin_us) {
+        let bytes: u64 = job
+            .stages
+            .iter()
+            .flatten()
+            .map(|w| w.buf.len() as u64)
+            .sum();
+        let path = match mode {
+            SyncMode::Fdatasync => SyncPath::Fdatasync,
+            SyncMode::Dsync => SyncPath::Dsync,
+            SyncMode::Adaptive => chooser.choose(bytes),
+        };
+        let start = Instant::now();
         let mut result = Ok(());
         for stage in &job.stages {
-            result = run_stage(&mut ring, file.as_raw_fd(), mode, stage);
+            result = run_stage(&mut ring, file.as_raw_fd(), path, stage);
             if result.is_err() {
                 break;
             }
         }
+        if result.is_ok() {
+            // Only whole, successful flushes teach the chooser: a failure's
+            // latency says nothing about the path.
+            chooser.record(bytes, path, start.elapsed().as_nanos() as u64);
+            shared.small_prefers_dsync.store(
+                chooser.preferred(4096) == SyncPath::Dsync,
+                Ordering::Relaxed,
+            );
+        }
+        match path {
+            SyncPath::Fdatasync => shared.fdatasync.fetch_add(1, Ordering::Relaxed),
+            SyncPath::Dsync => shared.dsync.fetch_add(1, Ordering::Relaxed),
+        };
         let buffers = job.stages.into_iter().flatten().map(|w| w.buf).collect();
         let completion = Completion {
             ticket: job.ticket,
@@ -496,7 +578,7 @@ fn io_thread(
 fn run_stage(
     ring: &mut IoUring,
     fd: i32,
-    mode: SyncMode,
+    path: SyncPath,
     writes: &[crate::disk::Write],
 ) -> io::Result<()> {
     // (offset, bytes) still to write; a short write leaves a remainder.
@@ -513,7 +595,7 @@ fn run_stage(
                 "writes keep coming back short",
             ));
         }
-        let sync = mode == SyncMode::Fdatasync;
+        let sync = path == SyncPath::Fdatasync;
         let entries = todo.len() + usize::from(sync);
         assert!(entries <= 64, "a stage has one write per segment touched");
         for (i, &(offset, bytes)) in todo.iter().enumerate() {

@@ -82,6 +82,12 @@ fn round_trip(mode: SyncMode) {
     );
     let state = read_state(&log);
     assert_eq!(state, model.view);
+    let used = log.disk().sync_path_counts();
+    match mode {
+        SyncMode::Fdatasync => assert_eq!(used.dsync, 0, "{used:?}"),
+        SyncMode::Dsync => assert_eq!(used.fdatasync, 0, "{used:?}"),
+        SyncMode::Adaptive => assert!(used.dsync > 0 && used.fdatasync > 0, "{used:?}"),
+    }
     drop(log);
     let log = open_log(&path, options(), uring).unwrap();
     assert_eq!(read_state(&log), model.view);
@@ -102,6 +108,14 @@ fn round_trip_with_dsync_writes() {
 #[test]
 fn round_trip_with_write_then_fdatasync() {
     round_trip(SyncMode::Fdatasync);
+}
+
+/// The adaptive mode switches paths flush by flush: the log written by
+/// both must read back whole, and both paths must have been used (the
+/// chooser learns each before it compares them).
+#[test]
+fn round_trip_with_the_adaptive_choice() {
+    round_trip(SyncMode::Adaptive);
 }
 
 #[test]

@@ -52,6 +52,9 @@ pub struct Metrics {
     pub snapshots_installed: Counter,
     pub app_failures: Counter,
     pub replies: Family<KindLabel, Counter>,
+    /// Log flushes by the sync path that made them durable (`log.sync =
+    /// "adaptive"` picks one per flush).
+    pub log_flushes: Family<KindLabel, Counter>,
     registry: Registry,
 }
 
@@ -85,6 +88,7 @@ impl Metrics {
             snapshots_installed: Counter::default(),
             app_failures: Counter::default(),
             replies: Family::default(),
+            log_flushes: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -128,6 +132,11 @@ impl Metrics {
             "commit_latency_seconds",
             "Leader: from a command's arrival to its committed response",
             m.commit_latency_seconds.clone(),
+        );
+        r.register(
+            "log_flushes",
+            "Log flushes by sync path (kind: fdatasync or dsync)",
+            m.log_flushes.clone(),
         );
         r.register(
             "sync_latency_seconds",

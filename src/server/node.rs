@@ -84,6 +84,7 @@ pub struct Node<P: PeerOut, C: ClientOut, A: AppRunner> {
     started: Instant,
     was_leader: bool,
     seen: crate::replica::ReplicaStats,
+    seen_sync_paths: ringlog::uring::SyncPathCounts,
 }
 
 /// Requests whose arrival time is tracked, at most (the pipeline bounds
@@ -117,6 +118,7 @@ impl<P: PeerOut, C: ClientOut, A: AppRunner> Node<P, C, A> {
             started: Instant::now(),
             was_leader: false,
             seen: Default::default(),
+            seen_sync_paths: Default::default(),
         }
     }
 
@@ -306,6 +308,16 @@ impl<P: PeerOut, C: ClientOut, A: AppRunner> Node<P, C, A> {
         m.app_failures
             .inc_by(stats.app_failures - seen.app_failures);
         self.seen = stats;
+        let paths = self.replica.raft().log().disk().sync_path_counts();
+        for (kind, now, before) in [
+            ("fdatasync", paths.fdatasync, self.seen_sync_paths.fdatasync),
+            ("dsync", paths.dsync, self.seen_sync_paths.dsync),
+        ] {
+            m.log_flushes
+                .get_or_create(&KindLabel { kind: kind.into() })
+                .inc_by(now - before);
+        }
+        self.seen_sync_paths = paths;
         let status = Status {
             id: raft.id(),
             role: format!("{:?}", raft.role()).to_lowercase(),

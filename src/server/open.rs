@@ -48,6 +48,8 @@ pub fn open_replica(cfg: &NodeConfig) -> Result<ServerReplica, OpenError> {
     })?;
     let uring = UringOptions {
         allow_volatile_fs: cfg.log.allow_volatile,
+        sync_mode: cfg.log.sync.mode(),
+        spin_us: cfg.log.spin_us,
         ..UringOptions::default()
     };
     let options = Options::default();
