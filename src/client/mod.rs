@@ -49,6 +49,41 @@ use tokio::net::TcpStream;
 pub const RESPONSE_BYTES_MAX: usize = 64 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// The longest pause while looking for a leader (a server down, no leader
+/// known, leadership just changed): an election ends within a few election
+/// timeouts (100 to 200 ms on a LAN), so waiting longer than this between
+/// polls only adds to the failover time the client sees. Overload (`Busy`)
+/// still backs off up to `BACKOFF_MAX`.
+const LEADER_POLL_MAX: Duration = Duration::from_millis(40);
+/// Short polls per request before the pauses back off as for `Busy`:
+/// about 1.5 s of polling, several election timeouts. A leader still
+/// missing after that is a partition or a lost majority, not an election,
+/// and `attempts_max` must then last until `total_timeout_ms`.
+const LEADER_POLLS_MAX: u32 = 25;
+
+/// What to do before the next attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pause {
+    /// Go on at once (the attempt already waited, or a hint names the
+    /// leader).
+    None,
+    /// Looking for a leader: a short pause, growing to `LEADER_POLL_MAX`.
+    Poll,
+    /// The cluster is busy: exponential backoff to `BACKOFF_MAX`.
+    Backoff,
+}
+
+impl Pause {
+    /// How long to sleep, given the current backoff; and the next backoff.
+    fn duration(self, backoff: Duration) -> (Duration, Duration) {
+        let next = (backoff * 2).min(BACKOFF_MAX);
+        match self {
+            Pause::None => (Duration::ZERO, backoff),
+            Pause::Poll => (backoff.min(LEADER_POLL_MAX), next),
+            Pause::Backoff => (backoff, next),
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -248,6 +283,7 @@ impl Client {
     ) -> Result<Answer, ClientError> {
         let total = Duration::from_millis(self.cfg.total_timeout_ms);
         let mut backoff = BACKOFF_MIN;
+        let mut polls = 0;
         let mut redirects = 0;
         let mut sent_before = false;
         let mut last_error = String::from("no attempt made");
@@ -267,12 +303,13 @@ impl Client {
                 Err(_) => {
                     last_error = format!("{target}: no answer within {} ms", limit.as_millis());
                     self.forget(target);
-                    false
+                    Pause::None
                 }
                 Ok(Err(e)) => {
+                    // A server down or unreachable: the next one is tried.
                     last_error = format!("{target}: {e}");
                     self.forget(target);
-                    true
+                    Pause::Poll
                 }
                 Ok(Ok(reply)) => match reply {
                     WireReply::Ok { status, body } => {
@@ -296,22 +333,27 @@ impl Client {
                                 self.leader = Some(leader);
                                 // Hints that go round in circles (an election
                                 // under way) must not burn the attempts.
-                                redirects > 2
+                                if redirects > 2 {
+                                    Pause::Poll
+                                } else {
+                                    Pause::None
+                                }
                             }
+                            // No leader known there: an election is under way.
                             None => {
                                 self.forget(target);
-                                true
+                                Pause::Poll
                             }
                         }
                     }
                     WireReply::Unknown => {
                         last_error = format!("{target}: outcome unknown (leadership changed)");
                         self.forget(target);
-                        true
+                        Pause::Poll
                     }
                     WireReply::Busy => {
                         last_error = format!("{target}: busy");
-                        true
+                        Pause::Backoff
                     }
                     WireReply::Stale { last_seq } => {
                         return Err(ClientError::Stale { seq, last_seq })
@@ -320,7 +362,7 @@ impl Client {
                         // Not proposed (a full pipeline or log): opening a
                         // session is always safe to send again.
                         last_error = format!("{target}: {reason}");
-                        true
+                        Pause::Backoff
                     }
                     WireReply::AppFailed { reason } => {
                         return Err(ClientError::AppFailed { reason })
@@ -331,12 +373,23 @@ impl Client {
                     }
                 },
             };
-            if pause {
+            let pause = match pause {
+                Pause::Poll if polls >= LEADER_POLLS_MAX => Pause::Backoff,
+                Pause::Poll => {
+                    polls += 1;
+                    Pause::Poll
+                }
+                other => other,
+            };
+            let (sleep, next) = pause.duration(backoff);
+            backoff = next;
+            if !sleep.is_zero() {
+                // Jitter up to the pause again, so that clients that lost
+                // the same leader do not poll in step.
                 let jitter =
-                    Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 + 1));
-                tokio::time::sleep((backoff + jitter).min(total.saturating_sub(started.elapsed())))
+                    Duration::from_millis(rand::random::<u64>() % (sleep.as_millis() as u64 + 1));
+                tokio::time::sleep((sleep + jitter).min(total.saturating_sub(started.elapsed())))
                     .await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
         Err(self.unavailable(self.cfg.attempts_max, started, last_error))
@@ -539,5 +592,26 @@ pub fn run_exec(args: ExecArgs) -> ExitCode {
             eprintln!("bunker exec: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looking_for_a_leader_polls_briefly_and_overload_backs_off() {
+        let mut backoff = BACKOFF_MIN;
+        let mut polls = Vec::new();
+        for _ in 0..8 {
+            let (sleep, next) = Pause::Poll.duration(backoff);
+            polls.push(sleep.as_millis());
+            backoff = next;
+        }
+        assert_eq!(polls, [10, 20, 40, 40, 40, 40, 40, 40]);
+        // The backoff kept growing underneath: once polling gives up, the
+        // next pause is the long one.
+        assert_eq!(Pause::Backoff.duration(backoff).0, BACKOFF_MAX);
+        assert_eq!(Pause::None.duration(backoff), (Duration::ZERO, backoff));
     }
 }
