@@ -19,7 +19,8 @@
 //! the session's id and the next sequence number, and retries the *same*
 //! (id, sequence) across timeouts, lost connections, `Unknown` outcomes and
 //! failovers until an answer arrives or the limits (`attempts_max`,
-//! `total_timeout_ms`) are reached. The server's session table makes the
+//! `total_timeout_ms`) are reached; it polls briefly while it looks for a
+//! leader and backs off when the cluster is busy (docs/PROTOCOL.md). The server's session table makes the
 //! retries safe: a command runs at most once, and a retry of a command
 //! that committed gets the stored response. Sessions are bounded, so an
 //! idle one can expire: a command refused for that before any earlier
