@@ -109,8 +109,6 @@ struct Class {
 #[derive(Clone, Debug)]
 pub struct SyncChooser {
     classes: [Class; SIZE_CLASSES],
-    /// Flushes made by each path, for metrics and the benchmark.
-    pub used: [u64; 2],
 }
 
 impl Default for SyncChooser {
@@ -123,7 +121,6 @@ impl SyncChooser {
     pub fn new() -> SyncChooser {
         SyncChooser {
             classes: [Class::default(); SIZE_CLASSES],
-            used: [0; 2],
         }
     }
 
@@ -162,7 +159,6 @@ impl SyncChooser {
             class.since_used[slot] = class.since_used[slot].saturating_add(1);
         }
         class.since_used[path.slot()] = 0;
-        self.used[path.slot()] += 1;
         path
     }
 

@@ -9,8 +9,9 @@
 //! measured faster recently, see [`crate::adaptive`]), and
 //! reports each finished job on a completion channel, which the owner polls
 //! (`RingLog::poll_durable`) or waits on (`RingLog::complete_flush`). Reads
-//! and the hard-state writes are plain `pread`/`pwrite` on the owner's
-//! thread. [`create_log`] and [`open_log`] create (preallocate, pre-write,
+//! are plain `pread`s on the owner's thread; hard-state writes run there too,
+//! through a small ring of the owner's on the path the I/O thread prefers
+//! for one-sector flushes. [`create_log`] and [`open_log`] create (preallocate, pre-write,
 //! format) and open a log file, with errors that name the path and say what
 //! to do.
 //!
@@ -23,7 +24,7 @@
 //! [`AlignedBuf`] owned by the job until its completions are reaped; the I/O
 //! thread exits when the owner drops the disk, after finishing queued jobs.
 
-use crate::adaptive::{SyncChooser, SyncPath};
+use crate::adaptive::{size_class, SyncChooser, SyncPath};
 use crate::disk::{AlignedBuf, Disk, FlushJob};
 use crate::format::SECTOR_BYTES;
 use crate::ring::{Geometry, Options, RingLog};
@@ -52,6 +53,17 @@ pub enum SyncMode {
     Adaptive,
 }
 
+impl SyncMode {
+    /// The one path a pinned mode always takes; `None` for `Adaptive`.
+    fn pinned(self) -> Option<SyncPath> {
+        match self {
+            SyncMode::Fdatasync => Some(SyncPath::Fdatasync),
+            SyncMode::Dsync => Some(SyncPath::Dsync),
+            SyncMode::Adaptive => None,
+        }
+    }
+}
+
 /// Flushes made durable by each path so far (for metrics and benchmarks).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncPathCounts {
@@ -63,7 +75,7 @@ pub struct SyncPathCounts {
 /// for small writes, and how many flushes each path made.
 #[derive(Debug, Default)]
 struct Shared {
-    /// 1 when `RWF_DSYNC` measured faster for one-sector flushes.
+    /// True when `RWF_DSYNC` measured faster for one-sector flushes.
     small_prefers_dsync: AtomicBool,
     fdatasync: AtomicU64,
     dsync: AtomicU64,
@@ -344,14 +356,13 @@ impl UringDisk {
 
     /// The path the owner's own durable writes take.
     fn owner_path(&self) -> SyncPath {
-        match self.sync_mode {
-            SyncMode::Fdatasync => SyncPath::Fdatasync,
-            SyncMode::Dsync => SyncPath::Dsync,
-            SyncMode::Adaptive if self.shared.small_prefers_dsync.load(Ordering::Relaxed) => {
+        self.sync_mode.pinned().unwrap_or(
+            if self.shared.small_prefers_dsync.load(Ordering::Relaxed) {
                 SyncPath::Dsync
-            }
-            SyncMode::Adaptive => SyncPath::Fdatasync,
-        }
+            } else {
+                SyncPath::Fdatasync
+            },
+        )
     }
 
     /// The completion channel, for an event loop that selects on it (call
@@ -536,11 +547,8 @@ fn io_thread(
             .flatten()
             .map(|w| w.buf.len() as u64)
             .sum();
-        let path = match mode {
-            SyncMode::Fdatasync => SyncPath::Fdatasync,
-            SyncMode::Dsync => SyncPath::Dsync,
-            SyncMode::Adaptive => chooser.choose(bytes),
-        };
+        let pinned = mode.pinned();
+        let path = pinned.unwrap_or_else(|| chooser.choose(bytes));
         let start = Instant::now();
         let mut result = Ok(());
         for stage in &job.stages {
@@ -549,14 +557,18 @@ fn io_thread(
                 break;
             }
         }
-        if result.is_ok() {
-            // Only whole, successful flushes teach the chooser: a failure's
-            // latency says nothing about the path.
+        // Only whole, successful flushes teach the chooser (a failure's
+        // latency says nothing about the path), and only when it chooses.
+        if result.is_ok() && pinned.is_none() {
             chooser.record(bytes, path, start.elapsed().as_nanos() as u64);
-            shared.small_prefers_dsync.store(
-                chooser.preferred(4096) == SyncPath::Dsync,
-                Ordering::Relaxed,
-            );
+            // The owner's hard-state writes are one sector: only a flush of
+            // that class can change its preference.
+            if size_class(bytes) == 0 {
+                shared.small_prefers_dsync.store(
+                    chooser.preferred(bytes) == SyncPath::Dsync,
+                    Ordering::Relaxed,
+                );
+            }
         }
         match path {
             SyncPath::Fdatasync => shared.fdatasync.fetch_add(1, Ordering::Relaxed),

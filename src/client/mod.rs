@@ -56,6 +56,9 @@ const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// polls only adds to the failover time the client sees. Overload (`Busy`)
 /// still backs off up to `BACKOFF_MAX`.
 const LEADER_POLL_MAX: Duration = Duration::from_millis(40);
+// A poll is never longer than the longest backoff (Pause::duration relies
+// on it to hand over to Backoff without a jump down).
+const _: () = assert!(LEADER_POLL_MAX.as_millis() <= BACKOFF_MAX.as_millis());
 /// Short polls per request before the pauses back off as for `Busy`:
 /// about 1.5 s of polling, several election timeouts. A leader still
 /// missing after that is a partition or a lost majority, not an election,
