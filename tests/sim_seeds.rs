@@ -133,7 +133,13 @@ fn replica_seeds_pass_every_checker() {
 /// answer to an attempt it had already given up on, while its retry
 /// committed the command; clients now take only the answer to their
 /// latest attempt (as the client library does), and the checker still
-/// holds the earlier answers to I1.
+/// holds the earlier answers to I1. 9707076: a follower whose log syncs
+/// lagged behind the commit index it had heard installed a snapshot at an
+/// index between the two, applied on to the commit index and released its
+/// log past what the core had reported committed (a panic in
+/// `Raft::compact`); the engine test
+/// `a_snapshot_between_the_reported_commit_and_the_commit_moves_the_report`
+/// scripts the same state.
 #[test]
 fn replica_regression_seeds() {
     use bunker::sim::{run_replica_seed, ReplicaRunConfig};
@@ -141,7 +147,7 @@ fn replica_regression_seeds() {
         safety_us: 3_000_000,
         ..ReplicaRunConfig::default()
     };
-    const SEEDS: &[u64] = &[939, 1956, 2065];
+    const SEEDS: &[u64] = &[939, 1956, 2065, 9707076];
     for &seed in SEEDS {
         let report = run_replica_seed(seed, &cfg);
         assert!(

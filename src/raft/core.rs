@@ -230,6 +230,12 @@ impl<L: LogStore> Raft<L> {
     pub fn commit_index(&self) -> Index {
         self.commit
     }
+    /// Entries up to here were reported committed (`Effect::Committed`):
+    /// committed and durable in this server's log. The state machine
+    /// applies no further and may release no further (`compact`).
+    pub fn commit_reported(&self) -> Index {
+        self.commit_reported
+    }
     pub fn durable_index(&self) -> Index {
         self.durable
     }
@@ -355,7 +361,12 @@ impl<L: LogStore> Raft<L> {
         membership: Membership,
     ) -> Result<(), CoreError> {
         self.guard(|raft| {
-            if id.index <= raft.commit {
+            // The state machine already holds `id`: nothing to learn. The
+            // test is against what was *reported*, not against `commit`: a
+            // follower may know that entries up to `commit` are committed
+            // before its own log holds them durably, and a snapshot that
+            // lands in between moves the state machine past the report.
+            if id.index <= raft.commit_reported {
                 return Ok(());
             }
             if raft.log.term(id.index) == Some(id.term) {
@@ -376,8 +387,10 @@ impl<L: LogStore> Raft<L> {
                     in_log: Vec::new(),
                 };
                 raft.durable = id.index;
+                // Nothing after `id` is left to be committed.
+                raft.commit = id.index;
             }
-            raft.commit = id.index;
+            raft.commit = raft.commit.max(id.index);
             raft.commit_reported = id.index;
             raft.verified = raft.verified.max(id.index);
             raft.ack_leader();
@@ -550,6 +563,12 @@ impl<L: LogStore> Raft<L> {
         assert!(snapshot.index <= last.index);
         assert!(self.commit_reported <= self.commit);
         assert!(self.commit_reported <= self.durable.max(snapshot.index));
+        assert!(
+            snapshot.index <= self.commit_reported,
+            "released {} beyond what was reported committed {}",
+            snapshot.index,
+            self.commit_reported
+        );
         assert!(
             self.durable <= last.index,
             "durable {} beyond last {}",

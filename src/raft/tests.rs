@@ -627,6 +627,55 @@ fn a_stale_leader_steps_down_before_accepting_a_snapshot() {
     assert_eq!(r.last_log_id(), LogId::new(10, 2));
 }
 
+#[test]
+fn a_snapshot_between_the_reported_commit_and_the_commit_moves_the_report() {
+    // Raft §7 with durability: a follower learns that entries are committed
+    // (the leader's commit index) before its own log holds them durably, so
+    // it reports them to the state machine only later. A snapshot that
+    // lands in between puts the state machine past the report: the core
+    // must move the report with it, or the state machine's next `compact`
+    // releases entries the core never reported (replica seed 9707076).
+    let mut r = core(2);
+    let append = Body::Append {
+        prev: LogId::ZERO,
+        entries: (1..=10).map(|i| entry(i, 1)).collect(),
+        commit: 10,
+        seq: 1,
+    };
+    r.handle_message(msg(1, 2, 1, append)).unwrap();
+    let effects = drain(&mut r);
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Committed { .. })),
+        "nothing is reported before the log is durable: {effects:?}"
+    );
+    assert_eq!(r.commit_index(), 10);
+    assert_eq!(r.commit_reported(), 0);
+
+    assert!(r.accept_snapshot(1, 1).unwrap());
+    let membership = Membership::new([1, 2, 3]).unwrap();
+    r.handle_snapshot_installed(LogId::new(8, 1), membership)
+        .unwrap();
+    assert_eq!(r.commit_reported(), 8, "the state machine holds 8");
+    assert_eq!(r.commit_index(), 10, "what the leader said still holds");
+    assert_eq!(r.log().snapshot_id(), LogId::new(8, 1));
+    assert_eq!(r.last_log_id(), LogId::new(10, 1), "9 and 10 are kept");
+    // The state machine may release what it holds.
+    r.compact(8).unwrap();
+    // Once the log is durable, the rest is reported, once.
+    let effects = sync(&mut r);
+    let reported: Vec<&Effect> = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Committed { .. }))
+        .collect();
+    assert_eq!(reported, vec![&Effect::Committed { index: 10 }]);
+    // A snapshot the state machine already passed changes nothing.
+    let membership = Membership::new([1, 2, 3]).unwrap();
+    r.handle_snapshot_installed(LogId::new(9, 1), membership)
+        .unwrap();
+    assert_eq!(r.commit_reported(), 10);
+    assert_eq!(r.log().snapshot_id(), LogId::new(8, 1));
+}
+
 proptest::proptest! {
     /// Whatever peers send, the core neither panics nor breaks its own
     /// invariants (which it asserts after every call).

@@ -669,8 +669,25 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         let result = f(self);
         if result.is_err() {
             self.stopped = true;
+        } else {
+            self.assert_invariants();
         }
         result
+    }
+
+    fn assert_invariants(&self) {
+        // The state machine never runs ahead of what the core reported
+        // committed (committed and durable here): compaction releases the
+        // log only up to what was applied, and the core releases only what
+        // it reported.
+        assert!(
+            self.applied <= self.raft.commit_reported(),
+            "applied {} beyond the reported commit {}",
+            self.applied,
+            self.raft.commit_reported()
+        );
+        assert!(self.raft.log().snapshot_id().index <= self.applied.max(self.engine.status().state_index));
+        assert!(self.leading.is_some() == (self.raft.role() == Role::Leader) || self.stopped);
     }
 
     fn send(&mut self, msg: PeerMessage) {
@@ -1617,8 +1634,9 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             state_hash: Some(self.engine.status().state_hash),
         });
         self.drain_raft()?;
-        // Entries after the snapshot that the log already holds.
-        let commit = self.raft.commit_index();
+        // Entries after the snapshot that the log already holds, as far as
+        // the core reported them committed (durable here too).
+        let commit = self.raft.commit_reported();
         if commit > self.applied {
             self.apply_committed(commit)?;
         }
