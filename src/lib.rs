@@ -19,6 +19,7 @@
 //! - [`nemesis`]: the randomized fault run against real servers
 //!   (`bunker nemesis --seed S --seconds N`), checked epoch by epoch.
 //! - [`accounts`]: the example application, built into the `bunker` executable.
+//! - [`mapped`]: a test application that writes only through a shared mapping.
 //! - [`wire`]: the versioned wire encoding of consensus messages.
 
 pub mod accounts;
@@ -30,6 +31,7 @@ pub mod delta;
 pub mod demo;
 pub mod faultdisk;
 pub mod faultnet;
+pub mod mapped;
 pub mod nemesis;
 pub mod raft;
 pub mod replica;

@@ -204,6 +204,11 @@ fn worker(mode: AppMode, spawn: Spawn, jobs: Receiver<Job>, outcomes: Sender<(u6
             Job::Restart => served.stop(),
             Job::Shutdown => break,
         }
+        // Descendants that daemonized were re-parented to the server (a
+        // subreaper, so that the capture still sees what they map): collect
+        // those that exited. Only this thread spawns and waits for children.
+        let keep: Vec<u32> = served.pid().into_iter().collect();
+        crate::delta::writers::reap_orphans(&keep);
     }
     served.stop();
 }

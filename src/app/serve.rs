@@ -37,6 +37,11 @@ impl Served {
         }
     }
 
+    /// The running application's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.running.as_ref().map(|r| r.child.id())
+    }
+
     /// Kills the application (if running); the next command starts it again.
     pub fn stop(&mut self) {
         if let Some(mut r) = self.running.take() {

@@ -186,7 +186,9 @@ fn main() {
     };
 
     // Panics are reported per seed as violations; keep stderr readable.
-    if std::env::var_os("SIM_PANIC").is_none() { std::panic::set_hook(Box::new(|_| {})); }
+    if std::env::var_os("SIM_PANIC").is_none() {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
     let started = Instant::now();
     let next = AtomicU64::new(cli.seeds.start);
     let reports: Mutex<Vec<Seed>> = Mutex::new(Vec::new());

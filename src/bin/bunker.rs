@@ -81,6 +81,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// A test application that writes only through a shared mapping.
+    #[command(hide = true, disable_help_flag = true)]
+    Mapped {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -148,7 +154,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(
         cli.command,
-        Cmd::Accounts { .. } | Cmd::Blob { .. } | Cmd::SandboxExec { .. }
+        Cmd::Accounts { .. } | Cmd::Blob { .. } | Cmd::Mapped { .. } | Cmd::SandboxExec { .. }
     ) {
         tracing_subscriber::fmt()
             .with_env_filter(
@@ -169,6 +175,7 @@ fn main() -> ExitCode {
         Cmd::Certs(args) => bunker::transport::certs::run_certs(args),
         Cmd::Accounts { args } => bunker::accounts::main(args),
         Cmd::Blob { args } => bunker::blob::main(args),
+        Cmd::Mapped { args } => bunker::mapped::main(args),
         Cmd::SandboxExec { args } => bunker::app::sandbox::main(args),
     }
 }

@@ -97,7 +97,11 @@ impl EngineConfig {
 pub enum EngineError {
     /// The local disk (or the simulated crash).
     #[error(transparent)]
-    Storage(#[from] TreeError),
+    Storage(TreeError),
+    /// What the application changed cannot be told (see
+    /// `TreeError::Untrackable`): the command fails, the server goes on.
+    #[error("capture: {0}")]
+    Untrackable(String),
     /// A committed entry (or snapshot chunk) does not decode: the peer that
     /// produced it, or the log storage, is at fault.
     #[error("entry {index}: corrupt delta: {source}")]
@@ -132,6 +136,15 @@ pub enum EngineError {
     Snapshot(String),
     #[error("bad engine configuration: {0}")]
     Config(&'static str),
+}
+
+impl From<TreeError> for EngineError {
+    fn from(e: TreeError) -> EngineError {
+        match e {
+            TreeError::Untrackable(reason) => EngineError::Untrackable(reason),
+            other => EngineError::Storage(other),
+        }
+    }
 }
 
 /// Where the working copy stands relative to the committed state.
@@ -460,11 +473,53 @@ impl<T: FileTree> Engine<T> {
     /// the last capture. `false` means certainly nothing (the command was a
     /// read); `true` means maybe (a write of identical bytes counts). Cheap:
     /// it only drains the change notifications, which the next capture uses.
+    ///
+    /// Files that may have changed without a notification (mapped, or
+    /// open for writing) are compared with the speculative index, page by
+    /// page: O(their size), so that a read by an application that keeps
+    /// its files open stays a read.
     pub fn has_changes(&mut self) -> Result<bool, EngineError> {
-        let changes = self.take_tree_changes()?;
-        let empty = changes.is_empty();
+        let changes = match self.take_tree_changes() {
+            Ok(changes) => changes,
+            Err(err) => {
+                self.mark_unknown(&Changes {
+                    rescan: [String::new()].into(),
+                    ..Changes::default()
+                });
+                return Err(err.into());
+            }
+        };
+        let mut changed = changes.notified();
+        for path in &changes.suspects {
+            if changed {
+                break;
+            }
+            changed = self.differs_from_spec(path)?;
+        }
         self.stashed = changes;
-        Ok(!empty)
+        Ok(changed)
+    }
+
+    /// Whether `live/path` differs from its speculative index entry (kind,
+    /// mode, size or any page), without changing any state.
+    fn differs_from_spec(&mut self, path: &str) -> Result<bool, EngineError> {
+        check_name(path)?;
+        let live_path = join(LIVE_DIR, path);
+        let Some(live) = self.tree.stat(&live_path)? else {
+            return Ok(self.spec.get(path).is_some());
+        };
+        let Some(Node::File(old)) = self.spec.get(path) else {
+            return Ok(true);
+        };
+        if live.kind != Kind::File || live.links > 1 || live.mode != old.mode {
+            return Ok(true);
+        }
+        let same = self.tree.with_file(&live_path, |bytes| {
+            let size = bytes.len() as u64;
+            size == old.size_bytes
+                && index::hash_pages(bytes, 0, index::page_count(size)) == old.pages
+        })?;
+        Ok(!same)
     }
 
     /// Every change notified since the last call, including those stashed
@@ -534,7 +589,7 @@ impl<T: FileTree> Engine<T> {
     /// Marks paths whose speculative changes are unknown; only a rollback
     /// (which copies them whole) clears them.
     fn mark_unknown(&mut self, changes: &Changes) {
-        for path in &changes.paths {
+        for path in changes.paths.iter().chain(&changes.suspects) {
             self.overlay.entry(path.clone()).or_default().tag = TAG_UNKNOWN;
         }
         self.unknown_rescan.extend(changes.rescan.iter().cloned());
@@ -547,6 +602,7 @@ impl<T: FileTree> Engine<T> {
         let pre_hash = self.spec.hash();
         let mut stats = CaptureStats::default();
         let mut work: BTreeSet<String> = changes.paths.clone();
+        work.extend(changes.suspects.iter().cloned());
         for root in &changes.rescan {
             self.expand_rescan(root, &mut work)?;
         }
@@ -1452,7 +1508,14 @@ impl<T: FileTree> Engine<T> {
         }
         self.overlay.clear();
         self.pending.clear();
-        let _ = self.take_tree_changes()?;
+        // Drain the notifications of the rollback's own writes. If the
+        // application's files cannot be told, the tree reports everything
+        // at the next drain: nothing is lost, and the next capture fails
+        // or rescans.
+        match self.take_tree_changes() {
+            Ok(_) | Err(TreeError::Untrackable(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         assert_eq!(
             self.spec.hash(),
             self.committed.hash(),

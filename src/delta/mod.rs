@@ -24,6 +24,7 @@ pub mod meta;
 pub mod real;
 pub mod snapshot;
 pub mod tree;
+pub mod writers;
 
 pub use engine::{
     Applied, CaptureStats, Captured, Engine, EngineConfig, EngineError, Mode, OpenReport,

@@ -16,9 +16,15 @@
 //!   is reported as "rescan everything". The engine treats reports as hints
 //!   and compares content, so spurious events cost time, never correctness.
 //!
-//! What it does not do: see writes made through a shared writable memory map
-//! of a file (inotify and fanotify report none), nor writes by another
-//! machine; docs/DELTA.md lists these limits. It does not follow symlinks.
+//! - stores through a shared writable memory map make no inotify event:
+//!   every drain also names the files that the application's processes map
+//!   shared and writable or hold open for writing (`writers`), so that the
+//!   engine hashes them; where that cannot be told, the drain fails with
+//!   `TreeError::Untrackable`.
+//!
+//! What it does not do: see writes by processes that are not descendants
+//! of this one, nor by another machine; docs/DELTA.md lists these limits.
+//! It does not follow symlinks.
 //!
 //! Invariant: while the application is quiescent, every path it changed
 //! since the previous [`FileTree::take_changes`] is in the returned set or
@@ -35,6 +41,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use inotify::{EventMask, Inotify, WatchMask};
 
 use super::tree::{check_rel_path, join, Changes, FileTree, Kind, Meta, TreeError};
+use super::writers::Writers;
 
 /// Bound on sync batches queued for the fsync thread.
 const SYNC_QUEUE_DEPTH: usize = 64;
@@ -154,6 +161,11 @@ pub struct RealTree {
     open_file: Option<(String, File)>,
     /// Reused buffer for reading small files.
     read_buf: Vec<u8>,
+    /// Files the application can write without a notification (mapped
+    /// shared and writable, or open for writing); set with the watch.
+    writers: Option<Writers>,
+    /// Changes drained by a `take_changes` that failed, for the next one.
+    carried: Changes,
 }
 
 impl RealTree {
@@ -167,6 +179,8 @@ impl RealTree {
             watcher: None,
             open_file: None,
             read_buf: Vec::new(),
+            writers: None,
+            carried: Changes::default(),
         })
     }
 
@@ -533,6 +547,8 @@ impl FileTree for RealTree {
         };
         watcher.add_tree(&self.root, "")?;
         self.watcher = Some(watcher);
+        self.writers = Some(Writers::new(&self.path(root))?);
+        self.carried = Changes::default();
         Ok(())
     }
 
@@ -541,9 +557,23 @@ impl FileTree for RealTree {
         // through a descriptor opened before.
         self.forget_open();
         let root = self.root.clone();
-        match &mut self.watcher {
-            Some(watcher) => watcher.drain(&root),
-            None => Ok(Changes::default()),
+        let (Some(watcher), Some(writers)) = (&mut self.watcher, &mut self.writers) else {
+            return Ok(Changes::default());
+        };
+        let mut changes = std::mem::take(&mut self.carried);
+        changes.merge(watcher.drain(&root)?);
+        match writers.take() {
+            Ok(paths) => {
+                changes.suspects.extend(paths);
+                Ok(changes)
+            }
+            Err(e) => {
+                // What the application wrote unnoticed is unknown: the
+                // next drain reports everything.
+                changes.rescan.insert(String::new());
+                self.carried = changes;
+                Err(e)
+            }
         }
     }
 }

@@ -61,6 +61,11 @@ pub enum TreeError {
     Crashed,
     #[error("change notification failed: {0}")]
     Watch(String),
+    /// The tree cannot tell what the application may have changed (for
+    /// example, which files its processes map): the command must fail.
+    /// Nothing is lost: the next drain reports everything as changed.
+    #[error("{0}")]
+    Untrackable(String),
 }
 
 impl TreeError {
@@ -85,16 +90,26 @@ pub struct Changes {
     /// directories, whose contents no event may have described). `""` means
     /// the whole watched root (for example after a notification overflow).
     pub rescan: BTreeSet<String>,
+    /// Files that may have changed without any notification (mapped shared
+    /// and writable, or open for writing): only their content can tell.
+    pub suspects: BTreeSet<String>,
 }
 
 impl Changes {
+    /// Nothing was notified and nothing is suspect.
     pub fn is_empty(&self) -> bool {
-        self.paths.is_empty() && self.rescan.is_empty()
+        self.paths.is_empty() && self.rescan.is_empty() && self.suspects.is_empty()
+    }
+
+    /// Something was notified (suspects aside).
+    pub fn notified(&self) -> bool {
+        !self.paths.is_empty() || !self.rescan.is_empty()
     }
 
     pub fn merge(&mut self, other: Changes) {
         self.paths.extend(other.paths);
         self.rescan.extend(other.rescan);
+        self.suspects.extend(other.suspects);
     }
 }
 

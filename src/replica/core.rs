@@ -642,7 +642,15 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
                     r.command_failed(request, reason)?;
                 }
                 ExecOutcome::Done { status, response } => {
-                    if r.engine.has_changes()? {
+                    let changed = match r.engine.has_changes() {
+                        Ok(changed) => changed,
+                        Err(e @ EngineError::Untrackable(_)) => {
+                            r.command_failed(request, e.to_string())?;
+                            return r.pump();
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    if changed {
                         r.propose_command(request, status, response)?;
                     } else {
                         // A read: answered after a quorum check started
@@ -686,7 +694,10 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             self.applied,
             self.raft.commit_reported()
         );
-        assert!(self.raft.log().snapshot_id().index <= self.applied.max(self.engine.status().state_index));
+        assert!(
+            self.raft.log().snapshot_id().index
+                <= self.applied.max(self.engine.status().state_index)
+        );
         assert!(self.leading.is_some() == (self.raft.role() == Role::Leader) || self.stopped);
     }
 

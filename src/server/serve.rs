@@ -44,6 +44,8 @@ pub enum ServeError {
     },
     #[error("signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("cannot become the child subreaper of the application's processes: {0}")]
+    Subreaper(#[source] std::io::Error),
     #[error("{0}")]
     Node(#[from] NodeError),
 }
@@ -56,6 +58,9 @@ pub fn run(cfg: &NodeConfig) -> Result<(), ServeError> {
             "THIS SERVER RUNS A DELIBERATE BUG (pipeline.test_mutation): tests only; it will lose acknowledged data"
         );
     }
+    // Every process the application starts stays a descendant of this one,
+    // even one that daemonizes, so the capture can see what it maps.
+    crate::delta::writers::become_subreaper().map_err(ServeError::Subreaper)?;
     let replica = open_replica(cfg)?;
     tracing::info!(
         id = cfg.id,
