@@ -380,3 +380,55 @@ fn a_small_log_keeps_serving_under_load_and_a_lagging_follower() {
         "the load was too light to fill the log"
     );
 }
+
+/// An application that writes only through a shared mapping (no
+/// `write(2)`, no `msync`, its file never closed) is replicated: every
+/// acknowledged store is on the new leader after the old one is killed,
+/// including a store made by a daemon that left the application's process
+/// tree, and the replicas converge to one state hash.
+#[test]
+fn stores_through_a_shared_mapping_survive_a_leader_kill() {
+    let tmp = tempfile::Builder::new()
+        .prefix("bunker-mapped-")
+        .tempdir()
+        .expect("tempdir");
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_bunker"));
+    let mut c = LocalCluster::create(tmp.path(), &exe, 5, AppSpec::builtin("mapped", false))
+        .expect("create cluster");
+    c.start_all().expect("start");
+    c.wait_for_leader(&[]).expect("a leader");
+    let mut client = BlockingClient::connect(c.client_config()).expect("connect");
+    let put = |client: &mut BlockingClient, command: String| {
+        let r = client
+            .call(Bytes::from(command.clone()))
+            .unwrap_or_else(|e| panic!("{command}: {e}"));
+        assert_eq!((r.status, &r.body[..]), (0, &b"ok"[..]), "{command}");
+    };
+    for i in 0..60 {
+        put(&mut client, format!("put k{i} v{i}"));
+    }
+    put(&mut client, "put-detached kd vd".to_string());
+    for i in 60..80 {
+        put(&mut client, format!("put k{i} v{i}"));
+    }
+    wait_converged(&c);
+    let leader = c.wait_for_leader(&[]).expect("leader");
+    c.kill(leader);
+    for i in 80..100 {
+        put(&mut client, format!("put k{i} v{i}"));
+    }
+    let keys = (0..100).map(|i| (format!("k{i}"), format!("v{i}")));
+    for (key, value) in keys.chain([("kd".to_string(), "vd".to_string())]) {
+        let r = client
+            .call(Bytes::from(format!("get {key}")))
+            .unwrap_or_else(|e| panic!("get {key}: {e}"));
+        assert_eq!(
+            (r.status, String::from_utf8_lossy(&r.body).into_owned()),
+            (0, value),
+            "acknowledged store of {key} lost"
+        );
+    }
+    c.start(leader).expect("restart");
+    wait_converged(&c);
+    assert!(c.exited().is_empty(), "a server stopped on its own");
+}

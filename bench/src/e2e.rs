@@ -132,10 +132,7 @@ pub(crate) fn start(
 ) -> Result<LocalCluster, String> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let spec = AppSpec {
-        name: app.to_string(),
-        exec_mode: false,
-    };
+    let spec = AppSpec::builtin(app, false);
     let mut cluster = LocalCluster::create(dir, exe, servers, spec).map_err(|e| e.to_string())?;
     cluster.start_all().map_err(|e| e.to_string())?;
     cluster.wait_for_leader(&[]).map_err(|e| e.to_string())?;

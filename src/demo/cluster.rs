@@ -48,17 +48,26 @@ pub struct LocalCluster {
 /// executable (`accounts` or `blob`) in one of the two adapter modes.
 #[derive(Clone, Debug)]
 pub struct AppSpec {
-    /// `accounts` or `blob`.
+    /// `accounts`, `blob` or `mapped`.
     pub name: String,
     /// Run once per command (exec adapter) instead of as one process.
     pub exec_mode: bool,
+    /// Another program instead of `bunker NAME MODE` (tests: an
+    /// application from elsewhere, such as a script).
+    pub program: Option<Vec<String>>,
 }
 
 impl AppSpec {
     pub fn accounts(exec_mode: bool) -> AppSpec {
+        AppSpec::builtin("accounts", exec_mode)
+    }
+
+    /// `bunker NAME exec|serve`.
+    pub fn builtin(name: &str, exec_mode: bool) -> AppSpec {
         AppSpec {
-            name: "accounts".into(),
+            name: name.into(),
             exec_mode,
+            program: None,
         }
     }
 }
@@ -144,13 +153,14 @@ impl LocalCluster {
         let mode = if self.app.exec_mode { "exec" } else { "serve" };
         // The application may write only its working copy (Landlock).
         let _ = writeln!(text, "\n[app]\nmode = \"{mode}\"\nsandbox = true");
-        let _ = writeln!(
-            text,
-            "command = [{:?}, {:?}, {:?}]",
-            self.exe.display().to_string(),
-            self.app.name,
-            mode
-        );
+        let program = self.app.program.clone().unwrap_or_else(|| {
+            vec![
+                self.exe.display().to_string(),
+                self.app.name.clone(),
+                mode.to_string(),
+            ]
+        });
+        let _ = writeln!(text, "command = {program:?}");
         // A small log: the demo writes little, and creating the file
         // pre-writes every segment. The demo directory may sit on tmpfs.
         let _ = writeln!(
