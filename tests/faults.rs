@@ -451,3 +451,160 @@ fn randomized_nemesis() {
     println!("randomized nemesis: seed {seed}, {seconds} s");
     nemesis(Vec::new(), seconds, seed);
 }
+
+// ------------------------------------------- applications that map files
+
+/// Keys each client stores, at most (every loop is bounded).
+const KV_PUTS_MAX: usize = 5_000;
+
+/// What the key-value clients saw.
+#[derive(Default)]
+struct KvOutcome {
+    acked: Vec<(String, String)>,
+    unknown: usize,
+}
+
+/// Clients that store unique keys until `stop`, through `cfg`.
+fn kv_clients(
+    cfg: &bunker::client::ClientConfig,
+    stop: &std::sync::atomic::AtomicBool,
+) -> KvOutcome {
+    use std::sync::atomic::Ordering;
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                s.spawn(move || {
+                    let mut out = KvOutcome::default();
+                    let mut client = BlockingClient::connect(cfg.clone()).expect("client");
+                    for n in 0..KV_PUTS_MAX {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let (key, value) = (format!("c{i}-{n}"), format!("v{i}-{n}-{}", n * 7));
+                        match client.call(Bytes::from(format!("put {key} {value}"))) {
+                            Ok(r) if r.status == 0 => out.acked.push((key, value)),
+                            Ok(r) => panic!("put {key}: status {} {:?}", r.status, r.body),
+                            Err(_) => out.unknown += 1,
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        let mut all = KvOutcome::default();
+        for w in workers {
+            let one = w.join().expect("client thread");
+            all.acked.extend(one.acked);
+            all.unknown += one.unknown;
+        }
+        all
+    })
+}
+
+/// A key-value application that writes through shared mappings, under a
+/// leader partitioned into the minority and a majority follower killed
+/// (SIGKILL) and restarted: after healing, every acknowledged key has its
+/// value, the replicas' committed files are byte-identical, and no server
+/// stopped on its own.
+fn kv_scenario(name: &str, app: AppSpec) {
+    if let Err(why) = available() {
+        eprintln!("SKIP {name}: {why}");
+        return;
+    }
+    let ns = Netns::create(&format!("bk-{name}")).expect("namespace");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.enter_this_thread().expect("enter the namespace");
+            kv_run(&ns, app)
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    });
+}
+
+fn kv_run(ns: &Netns, app: AppSpec) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_bunker"));
+    let mut c = LocalCluster::create(tmp.path(), &exe, 5, app).expect("cluster");
+    c.start_all().expect("start");
+    c.wait_for_leader(&[]).expect("a leader");
+    let cfg = c.client_config();
+    let stop = AtomicBool::new(false);
+    let outcome = std::thread::scope(|s| {
+        let clients = s.spawn(|| kv_clients(&cfg, &stop));
+        std::thread::sleep(BEFORE);
+        let (leader, ip) = leader_ip(&c);
+        let buddy = (1..=5).find(|i| *i != leader).expect("another server");
+        let majority: Vec<u64> = (1..=5).filter(|i| *i != leader && *i != buddy).collect();
+        let ips: Vec<_> = majority.iter().copied().map(server_ip).collect();
+        ns.partition(&[ip, server_ip(buddy)], &ips)
+            .expect("partition");
+        std::thread::sleep(DURING / 2);
+        c.kill(majority[0]);
+        std::thread::sleep(DURING / 2);
+        ns.heal().expect("heal");
+        c.start(majority[0]).expect("restart");
+        std::thread::sleep(AFTER);
+        stop.store(true, Ordering::Relaxed);
+        clients.join().expect("clients")
+    });
+    println!(
+        "acknowledged {}, unknown {}",
+        outcome.acked.len(),
+        outcome.unknown
+    );
+    assert!(!outcome.acked.is_empty(), "nothing was acknowledged");
+    let mut admin = BlockingClient::connect(cfg).expect("client");
+    let mut lost = Vec::new();
+    for (key, value) in &outcome.acked {
+        let r = admin
+            .call(Bytes::from(format!("get {key}")))
+            .unwrap_or_else(|e| panic!("get {key} on a healed network: {e}"));
+        if (r.status, &r.body[..]) != (0, value.as_bytes()) {
+            lost.push(format!(
+                "{key}: acknowledged {value:?}, now {} {:?}",
+                r.status, r.body
+            ));
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged stores lost: {lost:#?}",
+        lost.len()
+    );
+    let mut report = bunker::demo::DemoReport::default();
+    bunker::demo::check_replicas(&c, &[], &mut report).expect("replica check");
+    assert!(report.failures.is_empty(), "{:#?}", report.failures);
+    assert!(c.exited().is_empty(), "a server stopped on its own");
+}
+
+/// `bunker mapped`: one file mapped for the application's whole life,
+/// changed only by stores into the mapping.
+#[test]
+fn an_application_writing_only_through_a_shared_mapping() {
+    kv_scenario("mapped", AppSpec::builtin("mapped", false));
+}
+
+/// LMDB in `writemap` mode (`tests/apps/lmdb_kv.py`, Debian's
+/// python3-lmdb), serve mode.
+#[test]
+fn lmdb_in_writemap_mode() {
+    let python = "/usr/bin/python3";
+    let has_lmdb = std::process::Command::new(python)
+        .args(["-c", "import lmdb"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_lmdb {
+        eprintln!(
+            "SKIP lmdb: {python} with the lmdb module is not installed (Debian: python3-lmdb)"
+        );
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/lmdb_kv.py");
+    let app = AppSpec {
+        program: Some(vec![python.to_string(), script.to_string()]),
+        ..AppSpec::builtin("lmdb", false)
+    };
+    kv_scenario("lmdb", app);
+}
