@@ -1,9 +1,10 @@
-//! Crash safety of apply, over the in-memory tree with POSIX crash
-//! semantics: for every delta of a random history and for every step n of
-//! its apply (each mutation and each sync), the follower crashes at step n
-//! (losing a random subset of unsynced writes and entries), restarts,
-//! re-applies from its durable applied index, and must converge on the
-//! leader's bytes. A second crash during recovery is injected too.
+//! Crash safety of apply and checkpoints, over the in-memory tree with
+//! POSIX crash semantics. Applies are not synced (the log is the durable
+//! copy); a checkpoint syncs what was written and then records its index.
+//! A crash anywhere leaves the last checkpoint's state plus any mix of the
+//! effects of later entries; replaying the log from the checkpoint must
+//! reach the leader's bytes from every such state (random crashes and, for
+//! short histories, every subset of the unsynced mutations).
 
 mod delta_common;
 
@@ -67,72 +68,150 @@ fn check(engine: &mut Engine<MemTree>, want: &Listing, what: &str) {
     assert_same(&format!("{what}: live"), &list(engine.tree(), "live"), want);
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(24), ..ProptestConfig::default() })]
+/// Makes a checkpoint of `engine` durable (its sync runs at the first
+/// poll on the in-memory tree), as the pipeline's tick does.
+fn checkpoint(engine: &mut Engine<MemTree>) -> Result<(), EngineError> {
+    if engine.checkpoint_start()? {
+        while engine.checkpoint_poll()?.is_none() {}
+    }
+    Ok(())
+}
 
+/// Applies entries `from..=upto` with the pipeline's checkpoint pump: a
+/// checkpoint starts after every `every` entries and advances one step
+/// after each later entry. Returns the last index applied.
+fn feed_with_checkpoints(
+    engine: &mut Engine<MemTree>,
+    entries: &[Vec<u8>],
+    from: u64,
+    upto: u64,
+    every: u64,
+    applied: &mut u64,
+) -> Result<(), EngineError> {
+    for index in from..=upto {
+        engine.apply(index, 1, &entries[index as usize - 1])?;
+        *applied = index;
+        engine.checkpoint_poll()?;
+        if index % every == 0 {
+            engine.checkpoint_start()?;
+        }
+    }
+    Ok(())
+}
+
+/// The committed state after the delta that ends at `index`.
+fn want_at<'a>(deltas: &'a [(Captured, Listing)], index: u64) -> &'a Listing {
+    let mut end = 0;
+    for (captured, want) in deltas {
+        end += captured.parts.len() as u64;
+        if end >= index {
+            return want;
+        }
+    }
+    &deltas.last().expect("a history").1
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
+
+    /// Durability comes from the log: applies are not synced, checkpoints
+    /// sync the state and then record it. A crash anywhere in a run of
+    /// applies and checkpoints (mid-write, mid-checkpoint, mid-record)
+    /// leaves the last checkpoint's state plus any mix of later effects
+    /// (a random subset of unsynced writes, entries and modes, the last
+    /// kept write maybe torn); a second crash may hit the restart or the
+    /// replay. Replaying the entries after the checkpoint converges on
+    /// the leader's bytes, with the post-state checks on again.
     #[test]
-    fn crash_at_every_step_of_apply_then_reapply_converges(
-        commands in prop::collection::vec(prop::collection::vec(app_op(), 1..5), 1..6),
+    fn crash_anywhere_then_replay_from_the_checkpoint_converges(
+        commands in prop::collection::vec(prop::collection::vec(app_op(), 1..5), 1..8),
         seed in any::<u64>(),
+        every in 1u64..5,
+        crash_at in any::<u32>(),
         second_crash in any::<u16>(),
     ) {
         let deltas = history(&commands, seed);
         let entries: Vec<Vec<u8>> = deltas.iter().flat_map(|(c, _)| c.parts.iter().map(|p| p.to_vec())).collect();
-        // The follower before each delta, and the index of each delta's last part.
+        let last = entries.len() as u64;
+        // Count the steps of a run without a crash, then crash at one.
+        let (mut dry, _) = Engine::open(MemTree::new(seed ^ 0xF), config()).unwrap();
+        let start = dry.tree().ops_total();
+        feed_with_checkpoints(&mut dry, &entries, 1, last, every, &mut 0).unwrap();
+        let steps = dry.tree().ops_total() - start;
         let (mut follower, _) = Engine::open(MemTree::new(seed ^ 0xF), config()).unwrap();
-        let mut applied = 0u64;
-        for (k, (captured, want)) in deltas.iter().enumerate() {
-            let last = applied + captured.parts.len() as u64;
-            let pre_tree = follower.into_tree();
-            for step in 0.. {
-                let mut tree = pre_tree.clone();
-                // Re-open on a copy of the durable pre-state (open itself must not crash here).
-                tree.crash_after_ops(u64::MAX);
-                let (mut engine, _) = Engine::open(tree, config()).unwrap();
-                let start_ops = engine.tree().ops_total();
-                engine.tree().crash_after_ops(step);
-                match feed(&mut engine, &entries, applied + 1, last) {
-                    Ok(()) => {
-                        check(&mut engine, want, &format!("delta {k} without crash"));
-                        if std::env::var("DELTA_CRASH_VERBOSE").is_ok() {
-                            eprintln!("delta {k}: {} parts, converged after crashes at steps 0..{step}", captured.parts.len());
-                        }
-                        break;
-                    }
-                    Err(err) => prop_assert!(is_crash(&err), "unexpected error {err}"),
-                }
-                prop_assert!(engine.tree().ops_total() - start_ops <= step);
-                // Crash, restart, maybe crash again during recovery, restart, re-apply.
-                let mut tree = engine.into_tree();
-                tree.crash();
-                tree.crash_after_ops(second_crash as u64 % 40);
-                let mut tree = match Engine::open_or_return(tree, config()) {
-                    Err((err, tree)) => {
-                        prop_assert!(is_crash(&err), "unexpected error in restart {err}");
-                        tree
-                    }
-                    Ok((mut engine, report)) => {
-                        if let Err(err) = feed(&mut engine, &entries, report.applied_index + 1, last) {
-                            prop_assert!(is_crash(&err), "unexpected error in recovery {err}");
-                        }
-                        engine.into_tree()
-                    }
-                };
-                if tree.is_crashed() {
-                    tree.crash();
-                }
-                tree.crash_after_ops(u64::MAX);
-                let (mut engine, report) = Engine::open(tree, config()).unwrap();
-                prop_assert!(report.applied_index <= last);
-                feed(&mut engine, &entries, report.applied_index + 1, last).unwrap();
-                prop_assert!(engine.status().can_lead());
-                check(&mut engine, want, &format!("delta {k}, crash at step {step}"));
+        follower.tree().crash_after_ops(u64::from(crash_at) % (steps + 1));
+        let mut applied = 0;
+        if let Err(err) = feed_with_checkpoints(&mut follower, &entries, 1, last, every, &mut applied) {
+            prop_assert!(is_crash(&err), "unexpected error {err}");
+        }
+        let checkpoint = follower.checkpoint_index();
+        prop_assert!(checkpoint <= applied);
+        // The log held every entry up to the one being applied.
+        let bound = (applied + 1).min(last);
+        let mut tree = follower.into_tree();
+        tree.crash();
+        tree.crash_after_ops(u64::from(second_crash) % 60);
+        let mut tree = match Engine::open_or_return(tree, config()) {
+            Err((err, tree)) => {
+                prop_assert!(is_crash(&err), "unexpected error in restart {err}");
+                tree
             }
-            // Advance the follower without crashes.
-            let (mut engine, _) = Engine::open(pre_tree, config()).unwrap();
-            feed(&mut engine, &entries, applied + 1, last).unwrap();
-            follower = engine;
-            applied = last;
+            Ok((mut engine, report)) => {
+                prop_assert!(report.applied_index >= checkpoint, "a durable checkpoint was lost");
+                engine.set_replay_bound(bound);
+                if let Err(err) = feed_with_checkpoints(&mut engine, &entries, report.applied_index + 1, last, every, &mut 0) {
+                    prop_assert!(is_crash(&err), "unexpected error in recovery {err}");
+                }
+                engine.into_tree()
+            }
+        };
+        if tree.is_crashed() {
+            tree.crash();
+        }
+        tree.crash_after_ops(u64::MAX);
+        let (mut engine, report) = Engine::open(tree, config()).unwrap();
+        prop_assert!(report.applied_index <= last);
+        engine.set_replay_bound(last);
+        feed(&mut engine, &entries, report.applied_index + 1, last).unwrap();
+        prop_assert!(engine.status().can_lead(), "recovered and verified");
+        check(&mut engine, want_at(&deltas, last), "after replay");
+    }
+
+    /// For short histories, every state a crash can leave: each subset of
+    /// the unsynced mutations made since the checkpoint (file data, sizes,
+    /// modes, directory entries; a rename kept or lost whole) is tried,
+    /// and replaying from the checkpoint reaches the leader's bytes from
+    /// each. Longer histories sample 1,024 subsets.
+    #[test]
+    fn every_crash_state_of_a_short_history_replays_to_the_same_bytes(
+        commands in prop::collection::vec(prop::collection::vec(app_op(), 1..3), 1..4),
+        seed in any::<u64>(),
+    ) {
+        let deltas = history(&commands, seed);
+        let entries: Vec<Vec<u8>> = deltas.iter().flat_map(|(c, _)| c.parts.iter().map(|p| p.to_vec())).collect();
+        let last = entries.len() as u64;
+        let setup_end = deltas[0].0.parts.len() as u64;
+        let (mut follower, _) = Engine::open(MemTree::new(seed ^ 0xD), config()).unwrap();
+        feed(&mut follower, &entries, 1, setup_end).unwrap();
+        checkpoint(&mut follower).unwrap();
+        feed(&mut follower, &entries, setup_end + 1, last).unwrap();
+        let tree = follower.into_tree();
+        let n = tree.unsynced_count();
+        let masks: Vec<u64> = if n <= 10 {
+            (0..1u64 << n).collect()
+        } else {
+            let mut x = seed | 1;
+            (0..1024).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x }).collect()
+        };
+        for mask in masks {
+            let mut crashed = tree.clone();
+            crashed.crash_with(&mut |i| i >= 64 || mask >> i & 1 == 1);
+            let (mut engine, report) = Engine::open(crashed, config()).unwrap();
+            prop_assert_eq!(report.applied_index, setup_end);
+            engine.set_replay_bound(last);
+            feed(&mut engine, &entries, setup_end + 1, last).unwrap();
+            prop_assert!(engine.status().can_lead());
+            check(&mut engine, want_at(&deltas, last), &format!("crash state {mask:#x} of {n} mutations"));
         }
     }
 }

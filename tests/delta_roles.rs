@@ -117,6 +117,9 @@ fn restart_never_trusts_the_working_copy() {
     run(&mut leader, &setup_ops());
     let setup = leader.capture().unwrap();
     apply_all(&mut leader, &mut index, &setup.parts);
+    assert!(leader.checkpoint_start().unwrap());
+    while leader.checkpoint_poll().unwrap().is_none() {}
+    assert_eq!(leader.checkpoint_index(), index);
     run(
         &mut leader,
         &[

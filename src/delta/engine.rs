@@ -64,6 +64,10 @@ pub struct EngineConfig {
     /// Bound on the deltas a snapshot source buffers for replay while it
     /// copies; past it the snapshot is abandoned (and should be retried).
     pub snapshot_journal_bytes_max: u64,
+    /// Test only: a deliberate bug, to prove the checkers catch it: write
+    /// the checkpoint record before the state it names is synced.
+    #[doc(hidden)]
+    pub test_checkpoint_before_sync: bool,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +76,7 @@ impl Default for EngineConfig {
             max_part_bytes: 4 << 20,
             snapshot_chunk_bytes: 1 << 20,
             snapshot_journal_bytes_max: 256 << 20,
+            test_checkpoint_before_sync: false,
         }
     }
 }
@@ -314,6 +319,13 @@ pub struct Engine<T: FileTree> {
     index_stale: bool,
     /// Changes drained from the tree by `has_changes` and not yet captured.
     stashed: Changes,
+    /// The durable checkpoint and the writes made since (`checkpoint.rs`).
+    pub(crate) checkpoint: super::checkpoint::Checkpoints,
+    /// While recovering, a post-state mismatch at an index below this one
+    /// is a partly applied state still being replayed; at or above it, a
+    /// divergence. The caller sets it to its log's last index at restart:
+    /// nothing beyond it was ever applied.
+    replay_bound: u64,
 }
 
 /// One path's effect during an apply (for re-indexing afterwards).
@@ -375,6 +387,8 @@ impl<T: FileTree> Engine<T> {
             journal: None,
             index_stale: false,
             stashed: Changes::default(),
+            checkpoint: super::checkpoint::Checkpoints::new(record.applied_index),
+            replay_bound: u64::MAX,
         };
         if let Err(err) = engine.rebuild_live() {
             return Err((err, engine.tree));
@@ -432,6 +446,7 @@ impl<T: FileTree> Engine<T> {
         )?;
         self.committed = committed;
         self.recovering = false;
+        self.checkpoint.reset_to(0);
         self.rebuild_live()?;
         Ok(hash)
     }
@@ -881,6 +896,16 @@ impl<T: FileTree> Engine<T> {
         }
         stats.pages_changed += changed.len() as u64;
         let old_pages = self.speculative_pages(path, old.size_bytes, &changed)?;
+        if new_size > old.size_bytes && old.size_bytes > 0 {
+            // An extension zero-fills from the old size. Say where: a
+            // replay after a crash may find the file already longer (a
+            // later entry's effects reached the disk), and only a
+            // truncation to the old size first makes the zeros exact.
+            ops.push(OwnedOp::SetSize {
+                path: path.to_string(),
+                size_bytes: old.size_bytes,
+            });
+        }
         if new_size != old.size_bytes {
             ops.push(OwnedOp::SetSize {
                 path: path.to_string(),
@@ -1173,6 +1198,7 @@ impl<T: FileTree> Engine<T> {
             }
         }
         let count = parts.count();
+        let mut parts_bytes = 0u64;
         let mut edits: Vec<IndexEdit> = Vec::new();
         let mut effects: BTreeMap<String, FileEffect> = BTreeMap::new();
         let mut sync_dirs: BTreeSet<String> = BTreeSet::new();
@@ -1180,6 +1206,7 @@ impl<T: FileTree> Engine<T> {
         let mut touched: BTreeSet<String> = BTreeSet::new();
         for part_no in 0..count {
             let bytes = parts.get(&mut self.tree, part_no)?;
+            parts_bytes += bytes.len() as u64;
             let (part_header, payload) = format::parse_part(&bytes)
                 .map_err(|source| EngineError::Corrupt { index, source })?;
             if part_header.delta_id != header.delta_id || part_header.part_no as usize != part_no {
@@ -1233,36 +1260,18 @@ impl<T: FileTree> Engine<T> {
             edits.push(IndexEdit::Set(path.clone(), node));
             sync_files.push(base_path);
         }
+        // No sync here: the log is the durable copy. The next checkpoint
+        // syncs what this apply wrote (`checkpoint.rs`).
         let sync_dirs: Vec<String> = sync_dirs
             .into_iter()
             .map(|d| join(&self.base_dir, &d))
             .collect();
-        self.tree.sync(&sync_files, &sync_dirs)?;
-        let post_actual = self.committed.hash();
-        if post_actual != header.post_hash {
-            self.diverged_at = Some(index);
-            return Err(EngineError::Diverged {
-                index,
-                stage: "post",
-                expected: header.post_hash,
-                actual: post_actual,
-            });
-        }
-        self.meta_counter += 1;
-        meta::write(
-            &mut self.tree,
-            &MetaRecord {
-                counter: self.meta_counter,
-                applied_index: index,
-                gen: self.gen,
-                state_hash: post_actual,
-                applied_term: self.entry_term,
-            },
-        )?;
+        self.checkpoint
+            .note_apply(sync_files, sync_dirs, parts_bytes);
+        self.check_post_state(index, header)?;
         self.applied_index = index;
         self.state_index = index;
         self.state_term = self.entry_term;
-        self.recovering = false;
         if let Some(journal) = &mut self.journal {
             journal.bytes += journal_parts.iter().map(|p| p.len() as u64).sum::<u64>();
             journal.entries.push((index, journal_parts));
@@ -1273,6 +1282,34 @@ impl<T: FileTree> Engine<T> {
         }
         self.after_apply(own, mirror, &edits, touched, header);
         Ok(Applied::Delta { own })
+    }
+
+    /// The committed state after entry `index` must hash to the delta's
+    /// post hash. While recovering from a crash, the files may still hold
+    /// effects of later entries that were applied before the crash (none
+    /// beyond the replay bound): a mismatch below the bound means "not
+    /// caught up yet", the first match ends the recovery.
+    fn check_post_state(&mut self, index: u64, header: &PartHeader) -> Result<(), EngineError> {
+        let post_actual = self.committed.hash();
+        if post_actual == header.post_hash {
+            self.recovering = false;
+            return Ok(());
+        }
+        if self.recovering && index < self.replay_bound {
+            return Ok(());
+        }
+        self.diverged_at = Some(index);
+        Err(EngineError::Diverged {
+            index,
+            stage: "post",
+            expected: header.post_hash,
+            actual: post_actual,
+        })
+    }
+
+    /// See `replay_bound`: the last index of the caller's log at restart.
+    pub fn set_replay_bound(&mut self, index: u64) {
+        self.replay_bound = index;
     }
 
     /// Bookkeeping of the working copy after `base/` moved forward.
@@ -1753,6 +1790,8 @@ impl<T: FileTree> Engine<T> {
         self.diverged_at = None;
         self.staging = None;
         self.index_stale = false;
+        // The installed state is durable and named by `meta`.
+        self.checkpoint.reset_to(index);
         // A snapshot this server was sending described the old state.
         self.journal = None;
         remove_recursive(&mut self.tree, &old)?;
@@ -1977,8 +2016,14 @@ pub(crate) fn apply_op<T: FileTree>(
             tree.create_file(&path, mode)
         }
         Op::SetSize { size_bytes, .. } => {
-            ensure_file(tree, &path)?;
-            tree.set_len(&path, size_bytes)
+            match tree.stat(&path)? {
+                // Already that size: nothing to do (and no metadata write).
+                Some(m) if m.kind == Kind::File && m.size_bytes == size_bytes => Ok(()),
+                _ => {
+                    ensure_file(tree, &path)?;
+                    tree.set_len(&path, size_bytes)
+                }
+            }
         }
         Op::Write { offset, data, .. } => {
             ensure_file(tree, &path)?;

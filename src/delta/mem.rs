@@ -76,6 +76,8 @@ pub struct MemTree {
     crashed: bool,
     /// Counts mutations and syncs, for tests that crash "at every step".
     ops_total: u64,
+    /// A sync started and not yet performed (see `sync_done`).
+    sync_pending: Option<(Vec<String>, Vec<String>)>,
 }
 
 impl MemTree {
@@ -94,6 +96,7 @@ impl MemTree {
             ops_until_crash: None,
             crashed: false,
             ops_total: 0,
+            sync_pending: None,
         }
     }
 
@@ -117,25 +120,58 @@ impl MemTree {
     /// plus a random in-order subset of its unsynced mutations (see the
     /// module documentation); watches are dropped.
     pub fn crash(&mut self) {
+        let mut rng = self.rng.clone();
+        self.crash_choosing(&mut |_| rng.gen_bool(0.5), true);
+        self.rng = rng;
+    }
+
+    /// Unsynced mutations, in the order [`MemTree::crash_with`] numbers
+    /// them (by inode, then in the order they were made; the two halves of
+    /// a rename count as one, at the first).
+    pub fn unsynced_count(&self) -> usize {
+        let mut groups = std::collections::HashSet::new();
+        self.inodes
+            .values()
+            .flat_map(|inode| &inode.unsynced)
+            .filter(|m| match m {
+                Mutation::Entry { group: Some(g), .. } => groups.insert(*g),
+                _ => true,
+            })
+            .count()
+    }
+
+    /// A crash that keeps exactly the unsynced mutations `keep` says yes
+    /// to (numbered as in [`MemTree::unsynced_count`]), none torn: for
+    /// tests that enumerate every state a crash can leave.
+    pub fn crash_with(&mut self, keep: &mut dyn FnMut(usize) -> bool) {
+        self.crash_choosing(keep, false);
+    }
+
+    fn crash_choosing(&mut self, keep_nth: &mut dyn FnMut(usize) -> bool, tear: bool) {
         let mut group_kept: HashMap<u64, bool> = HashMap::new();
+        let mut nth = 0usize;
         // In inode order (a BTreeMap): the seed decides everything.
         let inos: Vec<Ino> = self.inodes.keys().copied().collect();
         for ino in inos {
             let inode = self.inodes.get_mut(&ino).expect("listed inode");
             let mut state = inode.durable.clone();
             for mutation in std::mem::take(&mut inode.unsynced) {
+                let mut decide = || {
+                    nth += 1;
+                    keep_nth(nth - 1)
+                };
                 let keep = match &mutation {
-                    Mutation::Entry { group: Some(g), .. } => *group_kept
-                        .entry(*g)
-                        .or_insert_with(|| self.rng.gen_bool(0.5)),
-                    _ => self.rng.gen_bool(0.5),
+                    Mutation::Entry { group: Some(g), .. } => {
+                        *group_kept.entry(*g).or_insert_with(&mut decide)
+                    }
+                    _ => decide(),
                 };
                 if !keep {
                     continue;
                 }
                 let mutation = match mutation {
                     Mutation::Write { offset, data }
-                        if data.len() > 1 && self.rng.gen_bool(0.25) =>
+                        if tear && data.len() > 1 && self.rng.gen_bool(0.25) =>
                     {
                         let torn_len = self.rng.gen_range(1..data.len());
                         Mutation::Write {
@@ -155,6 +191,7 @@ impl MemTree {
         self.changes = Changes::default();
         self.ops_until_crash = None;
         self.crashed = false;
+        self.sync_pending = None;
     }
 
     /// Drops inodes no longer reachable from the root (lost entries).
@@ -544,6 +581,25 @@ impl FileTree for MemTree {
             }
         }
         Ok(())
+    }
+
+    fn sync_start(&mut self, files: Vec<String>, dirs: Vec<String>) -> Result<(), TreeError> {
+        self.check_alive()?;
+        assert!(self.sync_pending.is_none(), "one sync in flight");
+        self.sync_pending = Some((files, dirs));
+        Ok(())
+    }
+
+    /// The sync happens at the first poll after its start, so a crash in
+    /// between finds nothing of it durable (and a random part of it kept,
+    /// as for any unsynced write).
+    fn sync_done(&mut self) -> Result<bool, TreeError> {
+        self.check_alive()?;
+        let Some((files, dirs)) = self.sync_pending.take() else {
+            return Ok(true);
+        };
+        self.sync(&files, &dirs)?;
+        Ok(true)
     }
 
     fn watch(&mut self, root: &str) -> Result<(), TreeError> {

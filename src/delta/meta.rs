@@ -114,9 +114,14 @@ pub fn create<T: FileTree>(tree: &mut T, record: &MetaRecord) -> Result<(), Tree
 
 /// Writes `record` into the slot of its counter's parity and syncs it.
 pub fn write<T: FileTree>(tree: &mut T, record: &MetaRecord) -> Result<(), TreeError> {
-    let offset = (record.counter % 2) * SLOT_STRIDE;
-    tree.write_at(META_PATH, offset, &record.encode())?;
+    write_slot(tree, record)?;
     tree.sync(&[META_PATH.to_string()], &[])
+}
+
+/// Writes `record` into its slot without syncing it (the caller syncs).
+pub fn write_slot<T: FileTree>(tree: &mut T, record: &MetaRecord) -> Result<(), TreeError> {
+    let offset = (record.counter % 2) * SLOT_STRIDE;
+    tree.write_at(META_PATH, offset, &record.encode())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! - [`engine`]: capture, apply, rollback, restart.
 //! - [`snapshot`]: fuzzy copy + replay, chunked, resumable, atomic install.
 
+pub mod checkpoint;
 pub mod engine;
 pub mod format;
 pub mod index;

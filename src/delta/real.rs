@@ -76,22 +76,34 @@ impl Syncer {
     }
 
     fn sync(&self, files: Vec<PathBuf>, dirs: Vec<PathBuf>) -> Result<(), TreeError> {
-        let (reply, answer) = bounded(1);
-        let dead = || TreeError::Io {
-            path: String::new(),
-            source: io::Error::other("fsync thread is gone"),
-        };
-        let jobs = self.jobs.as_ref().ok_or_else(dead)?;
-        jobs.send(SyncJob { files, dirs, reply })
-            .map_err(|_| dead())?;
-        match answer.recv().map_err(|_| dead())? {
-            Ok(()) => Ok(()),
-            Err((path, source)) => Err(TreeError::Io {
-                path: path.display().to_string(),
-                source,
-            }),
-        }
+        let answer = self.queue(files, dirs)?;
+        wait_answer(answer.recv().map_err(|_| dead_syncer())?)
     }
+
+    /// Queues a sync job and returns where its answer will arrive.
+    fn queue(&self, files: Vec<PathBuf>, dirs: Vec<PathBuf>) -> Result<SyncAnswer, TreeError> {
+        let (reply, answer) = bounded(1);
+        let jobs = self.jobs.as_ref().ok_or_else(dead_syncer)?;
+        jobs.send(SyncJob { files, dirs, reply })
+            .map_err(|_| dead_syncer())?;
+        Ok(answer)
+    }
+}
+
+type SyncAnswer = Receiver<Result<(), (PathBuf, io::Error)>>;
+
+fn dead_syncer() -> TreeError {
+    TreeError::Io {
+        path: String::new(),
+        source: io::Error::other("fsync thread is gone"),
+    }
+}
+
+fn wait_answer(answer: Result<(), (PathBuf, io::Error)>) -> Result<(), TreeError> {
+    answer.map_err(|(path, source)| TreeError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 impl Drop for Syncer {
@@ -166,6 +178,8 @@ pub struct RealTree {
     writers: Option<Writers>,
     /// Changes drained by a `take_changes` that failed, for the next one.
     carried: Changes,
+    /// Where the answer of the sync started by `sync_start` will arrive.
+    sync_answer: Option<SyncAnswer>,
 }
 
 impl RealTree {
@@ -181,6 +195,7 @@ impl RealTree {
             read_buf: Vec::new(),
             writers: None,
             carried: Changes::default(),
+            sync_answer: None,
         })
     }
 
@@ -533,6 +548,37 @@ impl FileTree for RealTree {
             dir_paths.push(self.full(d)?);
         }
         self.syncer.sync(file_paths, dir_paths)
+    }
+
+    fn sync_start(&mut self, files: Vec<String>, dirs: Vec<String>) -> Result<(), TreeError> {
+        assert!(self.sync_answer.is_none(), "one sync in flight");
+        let file_paths = files
+            .iter()
+            .map(|f| self.full(f))
+            .collect::<Result<_, _>>()?;
+        let dir_paths = dirs
+            .iter()
+            .map(|d| self.full(d))
+            .collect::<Result<_, _>>()?;
+        self.sync_answer = Some(self.syncer.queue(file_paths, dir_paths)?);
+        Ok(())
+    }
+
+    fn sync_done(&mut self) -> Result<bool, TreeError> {
+        let Some(answer) = &self.sync_answer else {
+            return Ok(true);
+        };
+        match answer.try_recv() {
+            Ok(result) => {
+                self.sync_answer = None;
+                wait_answer(result).map(|()| true)
+            }
+            Err(crossbeam_channel::TryRecvError::Empty) => Ok(false),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                self.sync_answer = None;
+                Err(dead_syncer())
+            }
+        }
     }
 
     fn watch(&mut self, root: &str) -> Result<(), TreeError> {

@@ -145,6 +145,15 @@ pub trait FileTree {
     /// Paths that no longer exist are skipped. Real trees do this on the
     /// dedicated fsync thread; the call returns when all are durable.
     fn sync(&mut self, files: &[String], dirs: &[String]) -> Result<(), TreeError>;
+    /// Starts making `files` and `dirs` durable, as [`FileTree::sync`] does,
+    /// without waiting: the caller goes on and asks [`FileTree::sync_done`]
+    /// later. At most one such sync is in flight (a second start while one
+    /// is unfinished is a caller bug). Writes made after the start may or
+    /// may not be covered.
+    fn sync_start(&mut self, files: Vec<String>, dirs: Vec<String>) -> Result<(), TreeError>;
+    /// Whether the sync started last has completed (`Ok(true)`: everything
+    /// it named is durable); an error is the sync's own.
+    fn sync_done(&mut self) -> Result<bool, TreeError>;
     /// Starts tracking changes under directory `root` (replacing any earlier
     /// root). Paths in later [`Changes`] are relative to `root`.
     fn watch(&mut self, root: &str) -> Result<(), TreeError>;

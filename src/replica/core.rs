@@ -38,6 +38,15 @@ pub struct ReplicaConfig {
     pub compact_entries: u64,
     /// ...keeping this many for followers that lag a little.
     pub compact_keep_entries: u64,
+    /// Start a checkpoint (sync the committed state, then record its
+    /// index, so the log may release what precedes it) once this many
+    /// whole deltas were applied since the last one...
+    pub checkpoint_entries: u64,
+    /// ...or this many delta bytes...
+    pub checkpoint_bytes: u64,
+    /// ...or this many ticks passed with anything applied. These bound the
+    /// log tail a restart replays.
+    pub checkpoint_ticks: u32,
     /// Snapshot chunks sent and not yet acknowledged.
     pub snapshot_chunks_in_flight: u64,
     /// Ticks without an acknowledgement before resending snapshot chunks.
@@ -69,6 +78,10 @@ pub enum ReplicaMutation {
     /// Answer reads at once, without a quorum check or waiting for the
     /// pipeline.
     ReadWithoutQuorum,
+    /// Write a checkpoint's record before the state it names is synced.
+    CheckpointBeforeSync,
+    /// Release the log up to what was applied, not to the checkpoint.
+    ReleasePastCheckpoint,
 }
 
 impl std::fmt::Display for ReplicaMutation {
@@ -80,6 +93,8 @@ impl std::fmt::Display for ReplicaMutation {
             ReplicaMutation::SkipBarrier => "skip-barrier",
             ReplicaMutation::SkipDedup => "skip-dedup",
             ReplicaMutation::ReadWithoutQuorum => "read-without-quorum",
+            ReplicaMutation::CheckpointBeforeSync => "checkpoint-before-sync",
+            ReplicaMutation::ReleasePastCheckpoint => "release-past-checkpoint",
         })
     }
 }
@@ -95,9 +110,12 @@ impl std::str::FromStr for ReplicaMutation {
             "skip-barrier" => Ok(ReplicaMutation::SkipBarrier),
             "skip-dedup" => Ok(ReplicaMutation::SkipDedup),
             "read-without-quorum" => Ok(ReplicaMutation::ReadWithoutQuorum),
+            "checkpoint-before-sync" => Ok(ReplicaMutation::CheckpointBeforeSync),
+            "release-past-checkpoint" => Ok(ReplicaMutation::ReleasePastCheckpoint),
             other => Err(format!(
                 "unknown replica mutation {other:?}; expected none, release-before-commit, \
-                 skip-rollback, skip-barrier, skip-dedup or read-without-quorum"
+                 skip-rollback, skip-barrier, skip-dedup, read-without-quorum, \
+                 checkpoint-before-sync or release-past-checkpoint"
             )),
         }
     }
@@ -113,6 +131,9 @@ impl Default for ReplicaConfig {
             response_bytes_max: 1 << 20,
             compact_entries: 10_000,
             compact_keep_entries: 1_000,
+            checkpoint_entries: 10_000,
+            checkpoint_bytes: 64 << 20,
+            checkpoint_ticks: 200,
             snapshot_chunks_in_flight: 4,
             snapshot_stall_ticks: 20,
             snapshot_stalls_max: 10,
@@ -321,6 +342,10 @@ struct InFlight {
     status: u8,
     response: Bytes,
     waiters: Vec<u64>,
+    /// Its entry committed and its waiters were answered; it stays here
+    /// (naming the client's sequence in `spec`) until it is applied and
+    /// the session table holds it.
+    released: bool,
 }
 
 /// A reply waiting for its quorum check (and for earlier entries).
@@ -404,6 +429,8 @@ pub struct Replica<L: LogStore, T: FileTree> {
     sessions_stale: bool,
     diverged: Option<Index>,
     ticks_since_request: u32,
+    /// Ticks since the last checkpoint started.
+    ticks_since_checkpoint: u32,
     outgoing: Option<Outgoing>,
     next_transfer: u64,
     snapshot_queue: VecDeque<NodeId>,
@@ -425,7 +452,10 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         tree: T,
         seed: u64,
     ) -> Result<Replica<L, T>, ReplicaError> {
-        let (engine, report) = Engine::open(tree, setup.engine.clone())?;
+        let mut engine_config = setup.engine.clone();
+        engine_config.test_checkpoint_before_sync |=
+            setup.replica.mutation == ReplicaMutation::CheckpointBeforeSync;
+        let (mut engine, report) = Engine::open(tree, engine_config)?;
         let applied = LogId::new(report.applied_index, report.applied_term);
         let raft = Raft::new(
             id,
@@ -435,6 +465,10 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             applied,
             seed,
         )?;
+        // Entries after the checkpoint may have reached the files before a
+        // crash; none beyond the log's end did (only entries committed and
+        // durable here are applied).
+        engine.set_replay_bound(raft.last_log_id().index);
         let mut replica = Replica {
             id,
             cfg: setup.replica.clone(),
@@ -451,6 +485,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             sessions_stale: report.recovering,
             diverged: None,
             ticks_since_request: 0,
+            ticks_since_checkpoint: 0,
             outgoing: None,
             next_transfer: seed << 20,
             snapshot_queue: VecDeque::new(),
@@ -541,6 +576,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             r.raft.handle_tick()?;
             r.drain_raft()?;
             r.tick_snapshots()?;
+            r.tick_checkpoint()?;
             if r.diverged.is_some() {
                 r.ticks_since_request += 1;
                 if r.ticks_since_request >= r.cfg.snapshot_request_ticks {
@@ -757,7 +793,10 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
                     self.check_ready()?;
                 }
                 raft::Effect::LostLeadership { .. } => self.lost_leadership()?,
-                raft::Effect::Committed { index } => self.apply_committed(index)?,
+                raft::Effect::Committed { index } => {
+                    self.release_committed(index);
+                    self.apply_committed(index)?
+                }
                 raft::Effect::EntriesDiscarded { .. } => {}
                 raft::Effect::ReadReady { ctx, index } => {
                     if let Some(l) = self.leading.as_mut() {
@@ -935,7 +974,16 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
                     .rev()
                     .find(|f| f.client == request.client && f.seq == request.seq)
                     .expect("speculative sessions name in-flight commands");
-                f.waiters.push(request.ctx);
+                if f.released {
+                    // Committed in this term: its response is final.
+                    let reply = Reply::Ok {
+                        status: f.status,
+                        response: f.response.clone(),
+                    };
+                    self.reply(&request, reply);
+                } else {
+                    f.waiters.push(request.ctx);
+                }
                 continue;
             }
             if let Some(s) = committed.as_ref().filter(|s| s.seq == request.seq) {
@@ -1051,6 +1099,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
                     status,
                     response: response.clone(),
                     waiters: if early { Vec::new() } else { vec![request.ctx] },
+                    released: false,
                 });
                 if early {
                     self.reply(&request, Reply::Ok { status, response });
@@ -1216,14 +1265,48 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         }
     }
 
+    /// Output commit (BRIEF I1): entries up to `index` are committed (on a
+    /// majority, durably, and in this leader's term for its own entries):
+    /// their responses leave now, before this server applies them. The
+    /// response was computed when the command ran; applying it changes no
+    /// byte of it.
+    fn release_committed(&mut self, index: Index) {
+        let Some(l) = self.leading.as_mut() else {
+            return;
+        };
+        let mut done = Vec::new();
+        for f in l.inflight.iter_mut() {
+            if f.last_index > index {
+                break;
+            }
+            if !f.released {
+                f.released = true;
+                let reply = Reply::Ok {
+                    status: f.status,
+                    response: f.response.clone(),
+                };
+                for ctx in f.waiters.drain(..) {
+                    done.push(((ctx, f.client, f.seq), reply.clone()));
+                }
+            }
+        }
+        for (waiter, reply) in done {
+            self.reply_to(waiter, reply);
+        }
+        self.release_replies();
+    }
+
+    /// Replies that waited for a quorum check and for the entries proposed
+    /// before them to commit (a read's answer was computed on a working
+    /// copy that held those entries: it may leave once they committed).
     fn release_replies(&mut self) {
-        let applied = self.applied;
+        let committed = self.raft.commit_reported();
         let Some(l) = self.leading.as_mut() else {
             return;
         };
         let mut done = Vec::new();
         l.replies.retain(|p| match p.confirmed {
-            Some(index) if applied >= index.max(p.after_index) => {
+            Some(index) if committed >= index.max(p.after_index) => {
                 done.push((p.waiters.clone(), p.reply.clone()));
                 false
             }
@@ -1307,8 +1390,11 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             Err(e) => return Err(e.into()),
         };
         self.applied = index;
-        let state_hash =
-            matches!(applied, Applied::Delta { .. }).then(|| self.engine.status().state_hash);
+        // While recovering from a crash the files may still hold effects of
+        // later entries: no verified state to report yet.
+        let status = self.engine.status();
+        let state_hash = (matches!(applied, Applied::Delta { .. }) && !status.recovering)
+            .then_some(status.state_hash);
         self.effects.push_back(Effect::Applied {
             index,
             term,
@@ -1355,6 +1441,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         if l.spec.get(&f.client) == Some(&f.seq) {
             l.spec.remove(&f.client);
         }
+        // Normally answered at commit already (`release_committed`).
         for ctx in f.waiters {
             let reply = Reply::Ok {
                 status: f.status,
@@ -1378,8 +1465,32 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
     /// (entries can be large: a count alone let the ring fill, found by
     /// the nemesis), keeping `compact_keep_entries` for followers that lag a
     /// little unless the space is nearly gone.
+    /// Advances the checkpoint in flight, and starts one when enough was
+    /// applied since the last (entries, bytes, time) or the log needs room.
+    fn tick_checkpoint(&mut self) -> Result<(), ReplicaError> {
+        self.ticks_since_checkpoint = self.ticks_since_checkpoint.saturating_add(1);
+        if self.engine.checkpoint_poll()?.is_some() {
+            self.maybe_compact()?;
+        }
+        let (entries, bytes) = self.engine.since_checkpoint();
+        let due = entries >= self.cfg.checkpoint_entries
+            || bytes >= self.cfg.checkpoint_bytes
+            || (entries > 0 && self.ticks_since_checkpoint >= self.cfg.checkpoint_ticks)
+            || (entries > 0 && self.raft.log().space_used_percent() >= LOG_SPACE_RELEASE_PERCENT);
+        if due && self.engine.checkpoint_start()? {
+            self.ticks_since_checkpoint = 0;
+        }
+        Ok(())
+    }
+
     fn maybe_compact(&mut self) -> Result<(), ReplicaError> {
-        let durable = self.engine.status().state_index.min(self.applied);
+        // Only what a checkpoint made durable in the state may leave the
+        // log: a restart replays the entries after the checkpoint.
+        let durable = if self.cfg.mutation == ReplicaMutation::ReleasePastCheckpoint {
+            self.engine.status().state_index.min(self.applied)
+        } else {
+            self.engine.checkpoint_index().min(self.applied)
+        };
         let released = self.raft.log().snapshot_id().index;
         let used = self.raft.log().space_used_percent();
         let keep = if used >= LOG_SPACE_URGENT_PERCENT {

@@ -76,6 +76,33 @@ pub struct NodeConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+}
+
+/// `[checkpoint]`: when the committed state is synced so that the log may
+/// release the entries before it. Applying an entry does not sync it (the
+/// log is the durable copy); these bound the log tail a restart replays,
+/// and so the recovery time (docs/DELTA.md §6).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Start one after this many applied deltas...
+    pub entries: u64,
+    /// ...or this many MiB of deltas (at most a quarter of the log)...
+    pub mib: u64,
+    /// ...or this long (milliseconds) with anything applied.
+    pub interval_ms: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> CheckpointConfig {
+        CheckpointConfig {
+            entries: 10_000,
+            mib: 64,
+            interval_ms: 1_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -316,6 +343,13 @@ impl NodeConfig {
                 "segment_mib must be at least 1 and segment_count at least 3".into(),
             );
         }
+        let c = &self.checkpoint;
+        if c.entries == 0 || c.mib == 0 || c.interval_ms < self.timing.tick_ms {
+            return bad(
+                "checkpoint",
+                "entries and mib must be at least 1, interval_ms at least timing.tick_ms".into(),
+            );
+        }
         if self.log.spin_us > LOG_SPIN_US_MAX {
             return bad(
                 "log.spin_us",
@@ -379,6 +413,13 @@ impl NodeConfig {
                 response_bytes_max: self.app.response_bytes_max,
                 compact_entries: self.log.compact_entries,
                 compact_keep_entries: self.log.compact_keep_entries,
+                checkpoint_entries: self.checkpoint.entries,
+                // A quarter of the log at most, so that the log can always
+                // release its prefix before it fills.
+                checkpoint_bytes: (self.checkpoint.mib << 20)
+                    .min((self.log.segment_mib << 20) * u64::from(self.log.segment_count) / 4),
+                checkpoint_ticks: (self.checkpoint.interval_ms / self.timing.tick_ms.max(1))
+                    .clamp(1, u32::MAX as u64) as u32,
                 mutation: self.pipeline.test_mutation.parse().unwrap_or_default(),
                 ..ReplicaConfig::default()
             },

@@ -226,6 +226,7 @@ impl ReplicaSim {
                 max_part_bytes: 32 << 10,
                 snapshot_chunk_bytes: 16 << 10,
                 snapshot_journal_bytes_max: 16 << 20,
+                test_checkpoint_before_sync: false,
             },
             replica: ReplicaConfig {
                 pipeline_commands_max: 64,
@@ -235,6 +236,9 @@ impl ReplicaSim {
                 response_bytes_max: 4096,
                 compact_entries: 64,
                 compact_keep_entries: 16,
+                checkpoint_entries: 48,
+                checkpoint_bytes: 256 << 10,
+                checkpoint_ticks: 50,
                 snapshot_chunks_in_flight: 4,
                 snapshot_stall_ticks: 10,
                 snapshot_stalls_max: 10,
@@ -648,7 +652,11 @@ impl ReplicaSim {
                 let client = (ctx >> 48) as usize;
                 let attempt = ((ctx >> 32) & 0xFFFF) as u32;
                 let delay = self.rng.gen_range(50..2_000);
-                let commit = self.history.commit_index;
+                // Responses leave at commit, before the entry is applied:
+                // the replying server's reported commit is part of the
+                // committed index the answer may reflect.
+                let reported = self.replica(id).map_or(0, |r| r.raft().commit_reported());
+                let commit = self.history.commit_index.max(reported);
                 self.schedule(
                     delay,
                     Event::Reply {
@@ -1278,10 +1286,15 @@ impl ReplicaSim {
                 _ => {}
             }
         }
-        if let Some(leader) = self.wait_for_ready_leader(bound_us) {
+        // Any client with a session (one between identities has none).
+        let writer = self
+            .clients
+            .iter()
+            .position(|c| c.id != 0 && c.current.is_none());
+        if let (Some(leader), Some(writer)) = (self.wait_for_ready_leader(bound_us), writer) {
             // A last write makes every server apply everything before it.
             let op = self.submit(
-                0,
+                writer,
                 LedgerCommand::Deposit {
                     account: 1,
                     amount: 1,
