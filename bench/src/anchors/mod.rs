@@ -12,8 +12,8 @@
 //! - `bunker-blob-5`, `bunker-accounts-5`: five real `bunker serve`
 //!   processes on loopback, the minimal application and the accounts
 //!   application;
-//! - `bunker-blob-1`: one server, no replication, the same log and sync
-//!   policy;
+//! - `bunker-blob-1`, `bunker-accounts-1`: one server, no replication,
+//!   the same log and sync policy;
 //! - `postgres`: PostgreSQL 15, a primary and 4 streaming standbys,
 //!   `synchronous_commit = on`, `synchronous_standby_names = 'ANY 2 (s1,
 //!   s2, s3, s4)'`, 256-byte rows inserted by prepared statements over
@@ -55,7 +55,8 @@ pub struct AnchorsArgs {
     /// Seconds of load per point.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Systems: bunker-blob-5, bunker-accounts-5, bunker-blob-1, postgres, etcd.
+    /// Systems: bunker-blob-5, bunker-accounts-5, bunker-blob-1,
+    /// bunker-accounts-1, postgres, etcd.
     #[arg(
         long,
         value_delimiter = ',',
@@ -204,6 +205,9 @@ fn start(name: &str, dir: &Path, exe: &Path, no_install: bool) -> Result<Box<dyn
             dir, exe, 5, "accounts",
         )?)),
         "bunker-blob-1" => Ok(Box::new(bunker_sys::Bunker::start(dir, exe, 1, "blob")?)),
+        "bunker-accounts-1" => Ok(Box::new(bunker_sys::Bunker::start(
+            dir, exe, 1, "accounts",
+        )?)),
         "postgres" => Ok(Box::new(postgres::Postgres::start(dir, no_install)?)),
         "etcd" => Ok(Box::new(etcd::Etcd::start(dir, no_install)?)),
         other => Err(Skip(format!("unknown system {other:?}"))),
