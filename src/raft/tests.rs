@@ -645,7 +645,9 @@ fn a_snapshot_between_the_reported_commit_and_the_commit_moves_the_report() {
     r.handle_message(msg(1, 2, 1, append)).unwrap();
     let effects = drain(&mut r);
     assert!(
-        !effects.iter().any(|e| matches!(e, Effect::Committed { .. })),
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::Committed { .. })),
         "nothing is reported before the log is durable: {effects:?}"
     );
     assert_eq!(r.commit_index(), 10);

@@ -686,7 +686,10 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             self.applied,
             self.raft.commit_reported()
         );
-        assert!(self.raft.log().snapshot_id().index <= self.applied.max(self.engine.status().state_index));
+        assert!(
+            self.raft.log().snapshot_id().index
+                <= self.applied.max(self.engine.status().state_index)
+        );
         assert!(self.leading.is_some() == (self.raft.role() == Role::Leader) || self.stopped);
     }
 

@@ -24,7 +24,18 @@ use std::collections::HashMap;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
     pub at_us: u64,
+    /// The server whose event was being handled, if any.
+    pub server: Option<NodeId>,
     pub what: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.server {
+            Some(id) => write!(f, "at {}us on server {id}: {}", self.at_us, self.what),
+            None => write!(f, "at {}us: {}", self.at_us, self.what),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -41,6 +52,8 @@ struct Committed {
 #[derive(Default)]
 pub struct Checker {
     now_us: u64,
+    /// The server whose event the simulator is handling.
+    server: Option<NodeId>,
     leaders: HashMap<Term, NodeId>,
     /// (index, term) -> (digest, term of the previous entry).
     entries: HashMap<(Index, Term), (u64, Term)>,
@@ -59,12 +72,22 @@ impl Checker {
         self.now_us = now_us;
     }
 
+    /// Notes which server's event the simulator handles from now on.
+    pub fn set_server(&mut self, server: Option<NodeId>) {
+        self.server = server;
+    }
+
+    pub fn server(&self) -> Option<NodeId> {
+        self.server
+    }
+
     pub fn fail(&mut self, what: String) {
         // Keep the first few: one bug tends to cascade.
         const VIOLATIONS_MAX: usize = 16;
         if self.violations.len() < VIOLATIONS_MAX {
             self.violations.push(Violation {
                 at_us: self.now_us,
+                server: self.server,
                 what,
             });
         }

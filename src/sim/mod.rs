@@ -37,6 +37,8 @@ pub mod network;
 pub mod replica_run;
 pub mod replicas;
 pub mod run;
+pub mod swarm;
+pub mod trace;
 
 pub use checker::{Checker, Violation};
 pub use cluster::{Sim, Stats, Status, Timing};
