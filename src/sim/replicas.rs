@@ -264,6 +264,8 @@ pub struct ReplicaSim {
     fired: Vec<u64>,
     /// The recent events of every layer (recorded only when on).
     pub trace: Trace,
+    /// Commands of appended entries not yet committed, by (index, term).
+    appended_commands: std::collections::HashMap<(u64, Term), CommittedCommand>,
 }
 
 /// Timer ids at or above this are client turns.
@@ -338,6 +340,7 @@ impl ReplicaSim {
             clients_draining: false,
             fired: Vec::new(),
             trace,
+            appended_commands: std::collections::HashMap::new(),
         };
         for id in 1..=nodes as NodeId {
             let salt = seed ^ id.wrapping_mul(0x2545_F491_4F6C_DD1D);
@@ -747,6 +750,7 @@ impl ReplicaSim {
             self.trace_observe(id, &appended, &ops, start_sync);
         }
         self.checker.hard_state(id, term, vote);
+        self.note_appended(&appended);
         for (prev_term, entries) in appended {
             self.checker.appended(id, prev_term, &entries);
         }
@@ -864,7 +868,7 @@ impl ReplicaSim {
                 self.checker
                     .applied_position(id, node_term, index, term, state_hash);
                 self.history.note_commit(index);
-                self.record_committed(id, index);
+                self.record_committed(index, term);
             }
             Effect::ResetApplication => {}
             Effect::Diverged { index, reason } => {
@@ -916,27 +920,41 @@ impl ReplicaSim {
     }
 
     /// Records the command a committed entry carries, for the history.
-    fn record_committed(&mut self, id: NodeId, index: u64) {
+    ///
+    /// The command comes from what the servers appended (a server may
+    /// apply an entry and release it from its log in the same call, when
+    /// its log is small or fills), keyed by index and term, which identify
+    /// an entry's content (log matching, checked on every append).
+    fn record_committed(&mut self, index: u64, term: Term) {
         if self.history.committed.contains_key(&index) {
             return;
         }
-        let replica = self.replica(id).expect("running");
-        let Ok(entries) = replica.raft().entries(index, index + 1, u64::MAX) else {
-            return; // released already (a snapshot): another server recorded it
-        };
-        let Some(entry) = entries.first() else { return };
-        if entry.kind != ringlog::EntryKind::Command {
-            return;
+        if let Some(c) = self.appended_commands.remove(&(index, term)) {
+            self.history.committed_command(c);
         }
-        if let Ok(ReplicaEntry::Command(c)) = ReplicaEntry::decode(&entry.data) {
-            self.history.committed_command(CommittedCommand {
-                index,
-                client: c.client,
-                seq: c.seq,
-                status: c.status,
-                response: c.response.to_vec(),
-                expired: c.expired,
-            });
+    }
+
+    /// Keeps the commands of newly appended entries until they commit.
+    fn note_appended(&mut self, appended: &[(Term, Vec<ringlog::Entry>)]) {
+        for entry in appended.iter().flat_map(|(_, entries)| entries) {
+            let key = (entry.index, entry.term);
+            if entry.kind != ringlog::EntryKind::Command
+                || self.history.committed.contains_key(&entry.index)
+                || self.appended_commands.contains_key(&key)
+            {
+                continue;
+            }
+            if let Ok(ReplicaEntry::Command(c)) = ReplicaEntry::decode(&entry.data) {
+                let command = CommittedCommand {
+                    index: entry.index,
+                    client: c.client,
+                    seq: c.seq,
+                    status: c.status,
+                    response: c.response.to_vec(),
+                    expired: c.expired,
+                };
+                self.appended_commands.insert(key, command);
+            }
         }
     }
 

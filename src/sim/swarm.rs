@@ -95,6 +95,9 @@ impl Draw {
         d.draw_common(&mut rng);
         d.geometry = pick_geometry(&mut rng, &[SIM_GEOMETRY, geometry(8, 64), geometry(4, 64)]);
         d.compact_entries = pick(&mut rng, &[8, 64, 1024]);
+        // Consensus entries are small: each group commit takes one sector.
+        d.opts.uncommitted_entries_max =
+            fit_uncommitted(d.opts.uncommitted_entries_max, d.geometry, SECTOR);
         d
     }
 
@@ -221,6 +224,28 @@ impl Draw {
     }
 }
 
+const SECTOR: u64 = ringlog::format::SECTOR_BYTES as u64;
+
+/// The largest proposal backlog (`uncommitted_entries_max`, at most
+/// `wanted`) whose entries a log of `geometry` holds three times over when
+/// each takes `record_bytes` (a group commit per entry, padded to a
+/// sector), counting only the segments that can hold entries not yet
+/// released (one is kept free, and the head segment may still hold
+/// released ones). Entries beyond the commit index cannot be released, a
+/// follower may hold several leaders' worth of them, and a server whose
+/// ring is full of them cannot append the barrier of its own election: it
+/// stops, and if its log is the most up to date no one else can lead
+/// (consensus seeds 1076, 1086 and 848 of the first swarm builds, with
+/// 4 x 64 KiB rings).
+pub fn fit_uncommitted(wanted: u64, geometry: Geometry, record_bytes: u64) -> u64 {
+    let usable = u64::from(geometry.segment_count.saturating_sub(2))
+        * geometry
+            .segment_bytes
+            .saturating_sub(ringlog::format::CONTROL_RESERVE_BYTES);
+    let fits = usable / record_bytes.max(1) / 3;
+    wanted.min(fits.saturating_sub(1)).max(1)
+}
+
 fn geometry(segment_count: u32, segment_kib: u64) -> Geometry {
     Geometry {
         segment_bytes: segment_kib << 10,
@@ -329,6 +354,9 @@ mod tests {
             assert!(s.engine.max_part_bytes as u64 + 4096 < s.entry_bytes_max);
             assert!(s.replica.sessions_max >= a.workload.clients + 2);
             shapes.insert(a.describe());
+            let c = Draw::consensus(seed, base());
+            let small = 4 * (64 << 10) / SECTOR;
+            assert!(c.geometry != geometry(4, 64) || c.opts.uncommitted_entries_max < small);
         }
         assert!(shapes.len() > 400, "seeds draw different configurations");
     }
