@@ -59,7 +59,9 @@ pub struct Checker {
     entries: HashMap<(Index, Term), (u64, Term)>,
     /// Committed entries by index (1-based at position 0).
     committed: Vec<Committed>,
-    hard: HashMap<NodeId, (Term, Option<NodeId>)>,
+    /// Last hard state seen, by server id (a vector: it is read after
+    /// every event).
+    hard: Vec<Option<(Term, Option<NodeId>)>>,
     pub violations: Vec<Violation>,
 }
 
@@ -278,7 +280,14 @@ impl Checker {
 
     /// Durable hard state: `node` now has `term` and `vote`.
     pub fn hard_state(&mut self, node: NodeId, term: Term, vote: Option<NodeId>) {
-        if let Some(&(old_term, old_vote)) = self.hard.get(&node) {
+        let slot = node as usize;
+        if self.hard.len() <= slot {
+            self.hard.resize(slot + 1, None);
+        }
+        if let Some((old_term, old_vote)) = self.hard[slot] {
+            if (old_term, old_vote) == (term, vote) {
+                return;
+            }
             if term < old_term {
                 self.fail(format!(
                     "durability: server {node}'s term went back from {old_term} to {term}"
@@ -289,11 +298,13 @@ impl Checker {
                 ));
             }
         }
-        self.hard.insert(node, (term, vote));
+        self.hard[node as usize] = Some((term, vote));
     }
 
     /// A destroyed server's history leaves the record (a new server would start empty).
     pub fn forget(&mut self, node: NodeId) {
-        self.hard.remove(&node);
+        if let Some(slot) = self.hard.get_mut(node as usize) {
+            *slot = None;
+        }
     }
 }

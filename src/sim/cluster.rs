@@ -185,6 +185,8 @@ pub struct Sim {
     pub compact_entries: u64,
     pub filter: Option<PacketFilter>,
     acked: Vec<Acked>,
+    /// The highest index in `acked` (read at every client read).
+    acked_max: Index,
     reads: HashMap<u64, ReadCheck>,
     next_id: u64,
     /// Timers fired since the owner last drained them (nemesis, clients).
@@ -233,6 +235,7 @@ impl Sim {
             compact_entries: 64,
             filter: None,
             acked: Vec::new(),
+            acked_max: 0,
             reads: HashMap::new(),
             next_id: 1,
             fired: Vec::new(),
@@ -297,7 +300,7 @@ impl Sim {
     }
 
     pub fn acked_max_index(&self) -> Index {
-        self.acked.iter().map(|a| a.at.index).max().unwrap_or(0)
+        self.acked_max
     }
 
     pub fn alive(&self) -> Vec<NodeId> {
@@ -730,6 +733,7 @@ impl Sim {
             self.trace.record(now, Some(id), "ack", || {
                 format!("proposal {} at {} acknowledged", p.id, p.at)
             });
+            self.acked_max = self.acked_max.max(p.at.index);
             self.acked.push(Acked {
                 proposal: p.id,
                 at: p.at,
