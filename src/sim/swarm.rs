@@ -259,7 +259,7 @@ fn pick_geometry(rng: &mut ChaCha8Rng, choices: &[Geometry]) -> Geometry {
     let g = pick(rng, choices);
     let valid = g.segment_count >= 3
         && g.segment_bytes >= ringlog::format::SEGMENT_BYTES_MIN
-        && g.segment_bytes % ringlog::format::SECTOR_BYTES as u64 == 0;
+        && g.segment_bytes.is_multiple_of(SECTOR);
     if valid {
         g
     } else {

@@ -268,10 +268,12 @@ pub fn install_panic_hook() {
             if !CATCHING.with(|c| c.get()) {
                 return previous(info);
             }
-            let message = info
-                .payload_as_str()
-                .unwrap_or("a panic without a message")
-                .to_string();
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_string());
             let location = info
                 .location()
                 .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
