@@ -493,16 +493,7 @@ impl Sim {
     fn after(&mut self, id: NodeId, result: Result<(), crate::raft::CoreError>) {
         self.checker.set_server(Some(id));
         if let Err(e) = result {
-            let now = self.now_us;
-            self.trace
-                .record(now, Some(id), "stop", || format!("the core stops: {e}"));
-            // A storage failure stops the server (fail-stop) and is no
-            // violation; anything else the core reports is.
-            if !matches!(e, crate::raft::CoreError::Storage(_)) {
-                self.checker.fail(format!("server {id} stopped: {e}"));
-            }
-            self.crash(id);
-            return;
+            return self.stop(id, e);
         }
         loop {
             let Some(effect) = self
@@ -562,6 +553,18 @@ impl Sim {
                 },
             );
         }
+    }
+
+    /// `id`'s core reported an error: a storage failure stops the server
+    /// (fail-stop) and is no violation; anything else the core reports is.
+    fn stop(&mut self, id: NodeId, e: crate::raft::CoreError) {
+        let now = self.now_us;
+        self.trace
+            .record(now, Some(id), "stop", || format!("the core stops: {e}"));
+        if !matches!(e, crate::raft::CoreError::Storage(_)) {
+            self.checker.fail(format!("server {id} stopped: {e}"));
+        }
+        self.crash(id);
     }
 
     /// Writes what a call into `id`'s core did to its log, and its term and

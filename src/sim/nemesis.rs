@@ -211,23 +211,7 @@ impl Nemesis {
                 self.crash_on_election = Some(());
                 self.note(sim, "crash the next leader right after its election".into());
             }
-            4 if self.cfg.crashes => {
-                // A power failure: several servers crash at the same instant
-                // and lose whatever they had not synced.
-                let mut up: Vec<NodeId> = sim
-                    .ids()
-                    .into_iter()
-                    .filter(|&n| matches!(sim.status(n), Status::Up | Status::Paused))
-                    .collect();
-                up.shuffle(sim.rng());
-                let count = sim.rng().gen_range(2..=3).min(up.len());
-                for &n in &up[..count] {
-                    sim.crash(n);
-                    let delay = sim.rng().gen_range(0..2 * election_us);
-                    sim.restart_after(n, delay);
-                }
-                self.note(sim, format!("power failure on {:?}", &up[..count]));
-            }
+            4 if self.cfg.crashes => self.power_failure(sim),
             5 if self.cfg.crashes => {
                 let target = self.pick_target(sim, &[Status::Up, Status::Paused]);
                 if let Some(n) = target {
@@ -272,6 +256,25 @@ impl Nemesis {
             }
             _ => self.randomize_links(sim),
         }
+    }
+
+    /// A power failure: several servers crash at the same instant and lose
+    /// whatever they had not synced.
+    fn power_failure(&mut self, sim: &mut impl FaultTarget) {
+        let election_us = sim.election_us();
+        let mut up: Vec<NodeId> = sim
+            .ids()
+            .into_iter()
+            .filter(|&n| matches!(sim.status(n), Status::Up | Status::Paused))
+            .collect();
+        up.shuffle(sim.rng());
+        let count = sim.rng().gen_range(2..=3).min(up.len());
+        for &n in &up[..count] {
+            sim.crash(n);
+            let delay = sim.rng().gen_range(0..2 * election_us);
+            sim.restart_after(n, delay);
+        }
+        self.note(sim, format!("power failure on {:?}", &up[..count]));
     }
 
     /// The leader half the time (the most interesting target), else anyone in `states`.

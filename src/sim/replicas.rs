@@ -175,6 +175,11 @@ pub struct Workload {
     pub clients: usize,
     /// A client retries after this long without an answer.
     pub client_timeout_us: u64,
+    /// Each retry of a command waits twice as long as the one before (up
+    /// to 16 times the timeout), as a client should: with a fixed timeout
+    /// shorter than the cluster's latency under load, a client that takes
+    /// only its latest attempt's answer never completes.
+    pub retry_backoff: bool,
     /// Chance that one run of the application crashes midway.
     pub app_crash: f64,
     /// Chance that a command writes a large blob (a multi-entry delta).
@@ -191,6 +196,7 @@ impl Default for Workload {
         Workload {
             clients: 6,
             client_timeout_us: 300_000,
+            retry_backoff: false,
             app_crash: 0.01,
             large: 0.01,
             commands_per_identity: 100,
@@ -908,7 +914,7 @@ impl ReplicaSim {
                 "apply",
                 match state_hash {
                     Some(h) => format!("entry {index} (term {term}), state {h:x}"),
-                    None => format!("entry {index} (term {term}), part of a larger delta"),
+                    None => format!("entry {index} (term {term}), no new state (a barrier, or a part of a larger delta)"),
                 },
             ),
             Effect::ResetApplication => ("app-reset", "application restarted".to_string()),
@@ -1130,7 +1136,12 @@ impl ReplicaSim {
         };
         let c = &mut self.clients[i];
         c.target = Some(target);
-        c.deadline_us = self.now_us + self.workload.client_timeout_us;
+        let backoff = if self.workload.retry_backoff {
+            1 << c.attempts.min(4)
+        } else {
+            1
+        };
+        c.deadline_us = self.now_us + self.workload.client_timeout_us * backoff;
         c.attempts = c.attempts.wrapping_add(1);
         // The client takes only the answer to its latest send, as the
         // client library does: it drops the connection of an attempt it
