@@ -176,7 +176,7 @@ pub struct Workload {
     /// A client retries after this long without an answer.
     pub client_timeout_us: u64,
     /// Each retry of a command waits twice as long as the one before (up
-    /// to 16 times the timeout), as a client should: with a fixed timeout
+    /// to a second, or the timeout if longer), as a client should: with a fixed timeout
     /// shorter than the cluster's latency under load, a client that takes
     /// only its latest attempt's answer never completes.
     pub retry_backoff: bool,
@@ -1136,12 +1136,14 @@ impl ReplicaSim {
         };
         let c = &mut self.clients[i];
         c.target = Some(target);
-        let backoff = if self.workload.retry_backoff {
-            1 << c.attempts.min(4)
+        let timeout = self.workload.client_timeout_us;
+        let wait = if self.workload.retry_backoff {
+            // Doubling, up to a second (or the timeout, if longer).
+            (timeout << c.attempts.min(4)).min(timeout.max(1_000_000))
         } else {
-            1
+            timeout
         };
-        c.deadline_us = self.now_us + self.workload.client_timeout_us * backoff;
+        c.deadline_us = self.now_us + wait;
         c.attempts = c.attempts.wrapping_add(1);
         // The client takes only the answer to its latest send, as the
         // client library does: it drops the connection of an attempt it
