@@ -874,7 +874,7 @@ impl ReplicaSim {
                 self.checker
                     .applied_position(id, node_term, index, term, state_hash);
                 self.history.note_commit(index);
-                self.record_committed(index, term);
+                self.record_committed(id, index, term);
             }
             Effect::ResetApplication => {}
             Effect::Diverged { index, reason } => {
@@ -931,12 +931,34 @@ impl ReplicaSim {
     /// apply an entry and release it from its log in the same call, when
     /// its log is small or fills), keyed by index and term, which identify
     /// an entry's content (log matching, checked on every append).
-    fn record_committed(&mut self, index: u64, term: Term) {
+    fn record_committed(&mut self, id: NodeId, index: u64, term: Term) {
         if self.history.committed.contains_key(&index) {
             return;
         }
         if let Some(c) = self.appended_commands.remove(&(index, term)) {
-            self.history.committed_command(c);
+            return self.history.committed_command(c);
+        }
+        // Appended and applied in the same call: not drained yet, but still
+        // in the applying server's log.
+        let Some(replica) = self.replica(id) else {
+            return;
+        };
+        let Ok(entries) = replica.raft().entries(index, index + 1, u64::MAX) else {
+            return;
+        };
+        let Some(entry) = entries.first() else { return };
+        if entry.kind != ringlog::EntryKind::Command {
+            return;
+        }
+        if let Ok(ReplicaEntry::Command(c)) = ReplicaEntry::decode(&entry.data) {
+            self.history.committed_command(CommittedCommand {
+                index,
+                client: c.client,
+                seq: c.seq,
+                status: c.status,
+                response: c.response.to_vec(),
+                expired: c.expired,
+            });
         }
     }
 
