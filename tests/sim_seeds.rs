@@ -2,6 +2,14 @@
 //! every seed goes through the safety, liveness and convergence phases with
 //! every checker on. `BUNKER_SIM_SEEDS` sets how many seeds (default: 2000
 //! with optimizations, 200 without); `bunker-sim` runs longer ranges.
+//!
+//! The fixed set: consensus seeds 0..2000 with swarm testing (each seed
+//! draws its configuration and fault mix, as it did before swarm testing
+//! covered the fault mix too), replica seeds 0..40 with the fixed
+//! configuration plus 0..20 with swarm testing, the regression seeds, and
+//! the properties of the trace (a seed runs the same with and without it,
+//! a panic in a server is reported with its time, server, backtrace and
+//! last events).
 
 use bunker::sim::{run_seed, RunConfig};
 
@@ -31,8 +39,7 @@ fn randomized_seeds_pass_every_checker() {
                         let report = run_seed(seed, cfg);
                         if let Some(v) = report.violations.first() {
                             failures.push(format!(
-                                "seed {seed}: {} | replay: cargo run --release --bin bunker-sim -- --seeds {seed} --trace",
-                                v.what
+                                "seed {seed}: {v} | replay: cargo run --release --bin bunker-sim -- --seeds {seed} --swarm --trace"
                             ));
                         }
                         seed += jobs;
@@ -102,8 +109,7 @@ fn replica_seeds_pass_every_checker() {
                         let report = run_replica_seed(seed, cfg);
                         if let Some(v) = report.violations.first() {
                             failures.push(format!(
-                                "seed {seed}: {} | replay: cargo run --release --bin bunker-sim -- --layer replica --ticks 300 --seeds {seed} --trace",
-                                v.what
+                                "seed {seed}: {v} | replay: cargo run --release --bin bunker-sim -- --layer replica --ticks 300 --seeds {seed} --no-swarm --trace"
                             ));
                         }
                         seed += jobs;
@@ -152,8 +158,119 @@ fn replica_regression_seeds() {
         let report = run_replica_seed(seed, &cfg);
         assert!(
             report.violations.is_empty(),
-            "seed {seed}: {:?} | replay: cargo run --release --bin bunker-sim -- --layer replica --ticks 300 --seeds {seed} --trace",
+            "seed {seed}: {:?} | replay: cargo run --release --bin bunker-sim -- --layer replica --ticks 300 --seeds {seed} --no-swarm --trace",
             report.violations.first().map(|v| &v.what)
         );
     }
+}
+
+/// Replica seeds with swarm testing: each draws its log size, compaction,
+/// batch and part sizes, pipeline limits, workload and fault mix.
+/// `BUNKER_REPLICA_SWARM_SEEDS` (default 20 with optimizations, 2 without),
+/// and swarm seed 700067 as a regression: a barrier's apply moved the
+/// engine's state index without a durable write, the log was released up
+/// to it, and the server could not restart after a crash (the log is now
+/// released only up to a checkpoint, which is durable).
+#[test]
+fn replica_swarm_seeds_pass_every_checker() {
+    use bunker::sim::{run_replica_seed, ReplicaRunConfig};
+    let default = if cfg!(debug_assertions) { 2 } else { 20 };
+    let seeds: u64 = std::env::var("BUNKER_REPLICA_SWARM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    let cfg = ReplicaRunConfig {
+        safety_us: 3_000_000,
+        swarm: true,
+        ..ReplicaRunConfig::default()
+    };
+    let failures: Vec<String> = (0..seeds)
+        .chain([700_067])
+        .filter_map(|seed| {
+            let report = run_replica_seed(seed, &cfg);
+            report.violations.first().map(|v| {
+                format!(
+                    "seed {seed}: {v} ({}) | replay: cargo run --release --bin bunker-sim -- --layer replica --ticks 300 --seeds {seed} --swarm --trace",
+                    report.config
+                )
+            })
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Tracing records on the side: the same seed runs the same events with
+/// the trace on and off, in both simulators.
+#[test]
+fn a_seed_runs_the_same_with_and_without_the_trace() {
+    use bunker::sim::{run_replica_seed, ReplicaRunConfig};
+    for seed in [5, 4242] {
+        let off = RunConfig::default();
+        let on = RunConfig {
+            trace: true,
+            ..RunConfig::default()
+        };
+        let (a, b) = (run_seed(seed, &off), run_seed(seed, &on));
+        assert_eq!(a.stats.events, b.stats.events, "seed {seed}");
+        assert_eq!(a.stats.acked, b.stats.acked, "seed {seed}");
+        assert_eq!(a.sim_us, b.sim_us, "seed {seed}");
+        assert_eq!(a.violations, b.violations, "seed {seed}");
+        assert!(a.trace.is_empty());
+        assert!(b.trace.iter().any(|l| l.contains(" recv ")), "seed {seed}");
+        for swarm in [false, true] {
+            let off = ReplicaRunConfig {
+                safety_us: 1_000_000,
+                swarm,
+                ..ReplicaRunConfig::default()
+            };
+            let on = ReplicaRunConfig {
+                trace: true,
+                ..off.clone()
+            };
+            let (a, b) = (run_replica_seed(seed, &off), run_replica_seed(seed, &on));
+            assert_eq!(a.stats.events, b.stats.events, "seed {seed}");
+            assert_eq!(a.stats.writes_acked, b.stats.writes_acked, "seed {seed}");
+            assert_eq!(a.sim_us, b.sim_us, "seed {seed}");
+            assert_eq!(a.violations, b.violations, "seed {seed}");
+            assert_eq!(a.config, b.config, "seed {seed}");
+        }
+    }
+}
+
+/// A panic inside a server (here planted in its log, below the consensus
+/// core) is a violation at the simulated time and on the server where it
+/// happened; the trace shows the events before it and the backtrace.
+#[test]
+fn a_panic_in_a_server_explains_itself() {
+    use bunker::sim::{run_replica_seed, ReplicaRunConfig};
+    let cfg = RunConfig {
+        trace: true,
+        trace_events: 50,
+        inject_panic: Some((3, 200)),
+        ..RunConfig::default()
+    };
+    let report = run_seed(7, &cfg);
+    let v = &report.violations[0];
+    assert!(v.what.contains("injected panic"), "{v}");
+    assert_eq!(v.server, Some(3), "{v}");
+    assert!(v.at_us > 0, "{v}");
+    let panic = report.panic.as_ref().expect("a panic report");
+    assert!(panic.backtrace.contains("Raft"), "{}", panic.backtrace);
+    let text = report.trace.join("\n");
+    assert!(text.contains("last 50 events"), "{text}");
+    assert!(text.contains("backtrace"), "{text}");
+    let cfg = ReplicaRunConfig {
+        safety_us: 1_000_000,
+        trace: true,
+        inject_panic: Some((2, 100)),
+        ..ReplicaRunConfig::default()
+    };
+    let report = run_replica_seed(7, &cfg);
+    let v = &report.violations[0];
+    assert!(
+        v.what.contains("injected panic") && v.server == Some(2),
+        "{v}"
+    );
+    let panic = report.panic.as_ref().expect("a panic report");
+    assert!(panic.backtrace.contains("Replica"), "{}", panic.backtrace);
 }

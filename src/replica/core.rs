@@ -960,8 +960,14 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
                 }
                 if committed.is_none() {
                     // Expired (or never opened): running the command could
-                    // run a retry a second time (BRIEF I4).
-                    self.reply(&request, Reply::SessionExpired);
+                    // run a retry a second time (I4). The answer comes
+                    // from the committed state, so, like a read's (I5), it
+                    // waits for a quorum check in this term: a leader cut
+                    // off from a newer one may not know the session yet
+                    // (replica swarm seed 949194531).
+                    let after = self.leading.as_ref().map_or(0, |l| l.last_proposed);
+                    let waiter = (request.ctx, request.client, request.seq);
+                    self.reply_after_quorum(vec![waiter], Reply::SessionExpired, after)?;
                     continue;
                 }
             }

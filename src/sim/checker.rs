@@ -24,7 +24,18 @@ use std::collections::HashMap;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
     pub at_us: u64,
+    /// The server whose event was being handled, if any.
+    pub server: Option<NodeId>,
     pub what: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.server {
+            Some(id) => write!(f, "at {}us on server {id}: {}", self.at_us, self.what),
+            None => write!(f, "at {}us: {}", self.at_us, self.what),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -41,12 +52,16 @@ struct Committed {
 #[derive(Default)]
 pub struct Checker {
     now_us: u64,
+    /// The server whose event the simulator is handling.
+    server: Option<NodeId>,
     leaders: HashMap<Term, NodeId>,
     /// (index, term) -> (digest, term of the previous entry).
     entries: HashMap<(Index, Term), (u64, Term)>,
     /// Committed entries by index (1-based at position 0).
     committed: Vec<Committed>,
-    hard: HashMap<NodeId, (Term, Option<NodeId>)>,
+    /// Last hard state seen, by server id (a vector: it is read after
+    /// every event).
+    hard: Vec<Option<(Term, Option<NodeId>)>>,
     pub violations: Vec<Violation>,
 }
 
@@ -59,12 +74,22 @@ impl Checker {
         self.now_us = now_us;
     }
 
+    /// Notes which server's event the simulator handles from now on.
+    pub fn set_server(&mut self, server: Option<NodeId>) {
+        self.server = server;
+    }
+
+    pub fn server(&self) -> Option<NodeId> {
+        self.server
+    }
+
     pub fn fail(&mut self, what: String) {
         // Keep the first few: one bug tends to cascade.
         const VIOLATIONS_MAX: usize = 16;
         if self.violations.len() < VIOLATIONS_MAX {
             self.violations.push(Violation {
                 at_us: self.now_us,
+                server: self.server,
                 what,
             });
         }
@@ -255,7 +280,14 @@ impl Checker {
 
     /// Durable hard state: `node` now has `term` and `vote`.
     pub fn hard_state(&mut self, node: NodeId, term: Term, vote: Option<NodeId>) {
-        if let Some(&(old_term, old_vote)) = self.hard.get(&node) {
+        let slot = node as usize;
+        if self.hard.len() <= slot {
+            self.hard.resize(slot + 1, None);
+        }
+        if let Some((old_term, old_vote)) = self.hard[slot] {
+            if (old_term, old_vote) == (term, vote) {
+                return;
+            }
             if term < old_term {
                 self.fail(format!(
                     "durability: server {node}'s term went back from {old_term} to {term}"
@@ -266,11 +298,13 @@ impl Checker {
                 ));
             }
         }
-        self.hard.insert(node, (term, vote));
+        self.hard[node as usize] = Some((term, vote));
     }
 
     /// A destroyed server's history leaves the record (a new server would start empty).
     pub fn forget(&mut self, node: NodeId) {
-        self.hard.remove(&node);
+        if let Some(slot) = self.hard.get_mut(node as usize) {
+            *slot = None;
+        }
     }
 }

@@ -16,8 +16,9 @@
 use crate::raft::{Effect, Membership, Options, Raft, Role};
 use crate::sim::app::{entry_digest, AppState};
 use crate::sim::checker::Checker;
-use crate::sim::log::SimLog;
+use crate::sim::log::{LogOp, SimLog};
 use crate::sim::network::{Network, Packet};
+use crate::sim::trace::{describe_message, Trace};
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -54,6 +55,8 @@ pub struct Node {
     /// The term this server leads, as its effects announced.
     leading: Option<Term>,
     pending: Vec<Proposal>,
+    /// Term and role last written to the trace (when tracing).
+    traced: Option<(Term, Role)>,
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +91,20 @@ enum Event {
     Restart { node: NodeId, incarnation: u64 },
     Resume { node: NodeId, incarnation: u64 },
     Timer(u64),
+}
+
+impl Event {
+    /// The server that handles the event.
+    fn server(&self) -> Option<NodeId> {
+        match self {
+            Event::Deliver(packet) => Some(packet.to()),
+            Event::Tick { node, .. }
+            | Event::SyncDone { node, .. }
+            | Event::Restart { node, .. }
+            | Event::Resume { node, .. } => Some(*node),
+            Event::Timer(_) => None,
+        }
+    }
 }
 
 struct Scheduled {
@@ -168,14 +185,38 @@ pub struct Sim {
     pub compact_entries: u64,
     pub filter: Option<PacketFilter>,
     acked: Vec<Acked>,
+    /// The highest index in `acked` (read at every client read).
+    acked_max: Index,
     reads: HashMap<u64, ReadCheck>,
     next_id: u64,
     /// Timers fired since the owner last drained them (nemesis, clients).
     fired: Vec<u64>,
+    /// The recent events of every layer (recorded only when on).
+    pub trace: Trace,
 }
 
 impl Sim {
     pub fn new(seed: u64, nodes: usize, opts: Options, timing: Timing) -> Sim {
+        Sim::build(
+            seed,
+            nodes,
+            opts,
+            timing,
+            crate::sim::log::SIM_GEOMETRY,
+            Trace::off(),
+        )
+    }
+
+    /// A simulation whose servers' logs have `geometry`, recording into
+    /// `trace` from the first event.
+    pub fn build(
+        seed: u64,
+        nodes: usize,
+        opts: Options,
+        timing: Timing,
+        geometry: ringlog::Geometry,
+        trace: Trace,
+    ) -> Sim {
         assert!((1..=9).contains(&nodes));
         let membership = Membership::new(1..=nodes as NodeId).expect("valid membership");
         let mut sim = Sim {
@@ -194,16 +235,19 @@ impl Sim {
             compact_entries: 64,
             filter: None,
             acked: Vec::new(),
+            acked_max: 0,
             reads: HashMap::new(),
             next_id: 1,
             fired: Vec::new(),
+            trace,
         };
         for id in 1..=nodes as NodeId {
+            let salt = seed ^ id.wrapping_mul(0x2545_F491_4F6C_DD1D);
             sim.nodes.push(Node {
                 id,
                 status: Status::Crashed,
                 raft: None,
-                disk: Some(SimLog::new(seed ^ id.wrapping_mul(0x2545_F491_4F6C_DD1D))),
+                disk: Some(SimLog::with_geometry(salt, geometry)),
                 app: AppState::new(membership.clone()),
                 incarnation: 0,
                 tick_us: sim.timing.tick_us,
@@ -211,6 +255,7 @@ impl Sim {
                 inbox: Vec::new(),
                 leading: None,
                 pending: Vec::new(),
+                traced: None,
             });
             sim.start(id);
         }
@@ -255,7 +300,7 @@ impl Sim {
     }
 
     pub fn acked_max_index(&self) -> Index {
-        self.acked.iter().map(|a| a.at.index).max().unwrap_or(0)
+        self.acked_max
     }
 
     pub fn alive(&self) -> Vec<NodeId> {
@@ -295,8 +340,21 @@ impl Sim {
         assert!(next.at >= self.now_us, "time never goes backwards");
         self.now_us = next.at;
         self.checker.set_now(self.now_us);
+        self.checker.set_server(next.event.server());
         self.stats.events += 1;
-        match next.event {
+        self.dispatch(next.event);
+        if self.trace.on() && !self.checker.violations.is_empty() {
+            // The ring ends where the run first went wrong.
+            let what = self.checker.violations[0].what.clone();
+            let server = self.checker.violations[0].server;
+            self.trace.record(self.now_us, server, "VIOLATION", || what);
+            self.trace.freeze();
+        }
+        true
+    }
+
+    fn dispatch(&mut self, event: Event) {
+        match event {
             Event::Deliver(packet) => self.deliver(packet),
             Event::Tick { node, incarnation } => self.on_tick(node, incarnation),
             Event::SyncDone { node, incarnation } => self.on_sync_done(node, incarnation),
@@ -316,7 +374,6 @@ impl Sim {
             }
             Event::Timer(id) => self.fired.push(id),
         }
-        true
     }
 
     /// Runs until `deadline_us` or until `done` holds; returns whether `done` held.
@@ -339,6 +396,16 @@ impl Sim {
 
     fn deliver(&mut self, packet: Packet) {
         let to = packet.to();
+        if self.trace.on() {
+            let status = self.node(to).status;
+            let kind = match status {
+                Status::Up => "recv",
+                Status::Paused => "queued",
+                Status::Crashed | Status::Destroyed => "lost",
+            };
+            self.trace
+                .record(self.now_us, Some(to), kind, || describe_packet(&packet));
+        }
         match self.node(to).status {
             Status::Up => {}
             Status::Paused => {
@@ -409,7 +476,13 @@ impl Sim {
         let ticket = node.sync.take().expect("a sync is in flight");
         let raft = node.raft.as_mut().expect("up");
         let result = match raft.log_mut().complete_sync(ticket) {
-            Ok(durable) => raft.handle_log_durable(durable),
+            Ok(durable) => {
+                let now = self.now_us;
+                self.trace
+                    .record(now, Some(id), "synced", || format!("durable to {durable}"));
+                let raft = self.node_mut(id).raft.as_mut().expect("up");
+                raft.handle_log_durable(durable)
+            }
             Err(e) => Err(e.into()),
         };
         self.after(id, result);
@@ -418,14 +491,9 @@ impl Sim {
     /// Carries out the effects of the last call into `id`'s core, runs the
     /// checkers on what changed, and starts a group commit if one is due.
     fn after(&mut self, id: NodeId, result: Result<(), crate::raft::CoreError>) {
+        self.checker.set_server(Some(id));
         if let Err(e) = result {
-            // A storage failure stops the server (fail-stop) and is no
-            // violation; anything else the core reports is.
-            if !matches!(e, crate::raft::CoreError::Storage(_)) {
-                self.checker.fail(format!("server {id} stopped: {e}"));
-            }
-            self.crash(id);
-            return;
+            return self.stop(id, e);
         }
         loop {
             let Some(effect) = self
@@ -447,6 +515,7 @@ impl Sim {
         };
         let (term, vote) = (raft.term(), raft.vote());
         let appended = raft.log_mut().drain_appended();
+        let ops = raft.log_mut().drain_ops();
         let mut start_sync = false;
         if node.sync.is_none() && raft.log().pending_ops() > 0 {
             match raft.log_mut().begin_sync() {
@@ -454,14 +523,20 @@ impl Sim {
                     start_sync = ticket.is_some();
                     node.sync = ticket;
                 }
-                Err(_) => {
+                Err(e) => {
                     // The disk failed: the server stops (fail-stop).
+                    let now = self.now_us;
+                    self.trace
+                        .record(now, Some(id), "stop", || format!("group commit fails: {e}"));
                     self.crash(id);
                     return;
                 }
             }
         }
         let incarnation = node.incarnation;
+        if self.trace.on() {
+            self.trace_after(id, &appended, &ops, start_sync);
+        }
         self.checker.hard_state(id, term, vote);
         for (prev_term, entries) in appended {
             self.checker.appended(id, prev_term, &entries);
@@ -477,6 +552,49 @@ impl Sim {
                     incarnation,
                 },
             );
+        }
+    }
+
+    /// `id`'s core reported an error: a storage failure stops the server
+    /// (fail-stop) and is no violation; anything else the core reports is.
+    fn stop(&mut self, id: NodeId, e: crate::raft::CoreError) {
+        let now = self.now_us;
+        self.trace
+            .record(now, Some(id), "stop", || format!("the core stops: {e}"));
+        if !matches!(e, crate::raft::CoreError::Storage(_)) {
+            self.checker.fail(format!("server {id} stopped: {e}"));
+        }
+        self.crash(id);
+    }
+
+    /// Writes what a call into `id`'s core did to its log, and its term and
+    /// role if they changed, to the trace.
+    fn trace_after(
+        &mut self,
+        id: NodeId,
+        appended: &[(Term, Vec<ringlog::Entry>)],
+        ops: &[LogOp],
+        sync_started: bool,
+    ) {
+        let now = self.now_us;
+        let node = &mut self.nodes[(id - 1) as usize];
+        let Some(raft) = node.raft.as_ref() else {
+            return;
+        };
+        let state = (raft.term(), raft.role());
+        if node.traced != Some(state) {
+            node.traced = Some(state);
+            let (commit, last) = (raft.commit_index(), raft.last_log_id());
+            self.trace.record(now, Some(id), "role", || {
+                format!("{:?} t{} commit {commit} last {last}", state.1, state.0)
+            });
+        }
+        let sync_to = raft.last_log_id();
+        crate::sim::trace::record_log_ops(&mut self.trace, now, id, appended, ops);
+        if sync_started {
+            self.trace.record(now, Some(id), "sync", || {
+                format!("group commit up to {sync_to}")
+            });
         }
     }
 
@@ -511,6 +629,10 @@ impl Sim {
             }
             Effect::Committed { index } => self.apply_committed(id, index),
             Effect::EntriesDiscarded { from } => {
+                let now = self.now_us;
+                self.trace.record(now, Some(id), "discard", || {
+                    format!("pending proposals from {from} discarded")
+                });
                 self.stats.truncations += 1;
                 self.node_mut(id).pending.retain(|p| p.at.index < from);
             }
@@ -518,6 +640,10 @@ impl Sim {
                 self.stats.snapshots_sent += 1;
                 let node = self.node(id);
                 let (state, term) = (node.app.clone(), node.raft.as_ref().expect("up").term());
+                let (now, at) = (self.now_us, state.applied);
+                self.trace.record(now, Some(id), "snap-send", || {
+                    format!("snapshot at {at} to {to} (term {term})")
+                });
                 self.send(Packet::Snapshot {
                     from: id,
                     to,
@@ -540,6 +666,12 @@ impl Sim {
             }
         }
         let delays = self.net.route(&packet, &mut self.rng);
+        if self.trace.on() && delays.len() != 1 {
+            let kind = if delays.is_empty() { "drop" } else { "dup" };
+            let now = self.now_us;
+            self.trace
+                .record(now, Some(packet.from()), kind, || describe_packet(&packet));
+        }
         for delay in delays {
             self.schedule(delay, Event::Deliver(packet.clone()));
         }
@@ -564,12 +696,17 @@ impl Sim {
                 }
             };
             let term = raft.term();
+            let first = next;
             for entry in entries {
                 let node = self.node_mut(id);
                 node.app.apply(&entry);
                 let hash = node.app.hash;
                 self.checker.applied(id, term, &entry, hash);
             }
+            let (now, applied) = (self.now_us, self.node(id).app.clone());
+            self.trace.record(now, Some(id), "apply", || {
+                format!("{first}..={} hash {:016x}", applied.applied, applied.hash)
+            });
         }
         self.ack_proposals(id, index);
         self.maybe_compact(id);
@@ -595,6 +732,11 @@ impl Sim {
                 continue;
             }
             self.stats.acked += 1;
+            let now = self.now_us;
+            self.trace.record(now, Some(id), "ack", || {
+                format!("proposal {} at {} acknowledged", p.id, p.at)
+            });
+            self.acked_max = self.acked_max.max(p.at.index);
             self.acked.push(Acked {
                 proposal: p.id,
                 at: p.at,
@@ -605,13 +747,22 @@ impl Sim {
         }
     }
 
+    /// Releases the log prefix the state machine holds: every
+    /// `compact_entries` entries, or as soon as half the log's space is in
+    /// use (as the replica does: small logs fill before the count).
     fn maybe_compact(&mut self, id: NodeId) {
+        const SPACE_RELEASE_PERCENT: u8 = 50;
         let compact_entries = self.compact_entries;
         let keep = self.rng.gen_range(0..compact_entries / 2 + 1);
         let node = self.node_mut(id);
         let applied = node.app.applied.index;
         let raft = node.raft.as_mut().expect("up");
-        if applied.saturating_sub(raft.log().snapshot_id().index) > compact_entries {
+        let released = raft.log().snapshot_id().index;
+        let filling = raft.log().space_used_percent() >= SPACE_RELEASE_PERCENT;
+        if filling && applied > released {
+            let result = raft.compact(applied);
+            self.after(id, result);
+        } else if applied.saturating_sub(released) > compact_entries {
             let result = raft.compact(applied - keep);
             self.after(id, result);
         }
@@ -628,6 +779,10 @@ impl Sim {
             return self.after(id, Ok(()));
         }
         self.stats.snapshots_installed += 1;
+        let now = self.now_us;
+        self.trace.record(now, Some(id), "snap-inst", || {
+            format!("installed snapshot at {} from {from}", state.applied)
+        });
         self.checker.installed(id, state.applied, state.hash);
         let node = self.node_mut(id);
         node.app = state.clone();
@@ -665,6 +820,7 @@ impl Sim {
         let mut data = id.to_le_bytes().to_vec();
         data.extend((0..filler).map(|i| (i as u8) ^ (id as u8)));
         let now_us = self.now_us;
+        self.checker.set_server(Some(target));
         let node = self.node_mut(target);
         let raft = node.raft.as_mut()?;
         match raft.propose(Bytes::from(data)) {
@@ -673,6 +829,9 @@ impl Sim {
                     id,
                     at,
                     created_us: now_us,
+                });
+                self.trace.record(now_us, Some(target), "propose", || {
+                    format!("proposal {id} at {at} (client via {via})")
                 });
                 self.stats.proposals += 1;
                 self.after(target, Ok(()));
@@ -694,11 +853,16 @@ impl Sim {
         let ctx = self.next_id;
         self.next_id += 1;
         let acked_before = self.acked_max_index();
+        self.checker.set_server(Some(target));
         let Some(raft) = self.node_mut(target).raft.as_mut() else {
             return false;
         };
         match raft.read_index(ctx) {
             Ok(()) => {
+                let now = self.now_us;
+                self.trace.record(now, Some(target), "read", || {
+                    format!("read {ctx} begins, acknowledged before {acked_before}")
+                });
                 self.reads.insert(
                     ctx,
                     ReadCheck {
@@ -742,12 +906,18 @@ impl Sim {
         let applied = node.app.applied;
         match Raft::new(id, opts, membership, log, applied, seed) {
             Ok(raft) => {
+                let (last, snap) = (raft.log().last_id(), raft.log().snapshot_id());
                 node.raft = Some(raft);
                 node.status = Status::Up;
                 node.incarnation += 1;
                 node.sync = None;
                 node.leading = None;
+                node.traced = None;
                 let (incarnation, tick_us) = (node.incarnation, node.tick_us);
+                let now = self.now_us;
+                self.trace.record(now, Some(id), "start", || {
+                    format!("incarnation {incarnation}: log {snap}..{last}, applied {applied}")
+                });
                 let phase = self.rng.gen_range(0..tick_us);
                 self.schedule(
                     phase,
@@ -778,6 +948,7 @@ impl Sim {
     }
 
     fn crash_with(&mut self, id: NodeId, lose_all: bool) {
+        self.checker.set_server(Some(id));
         let mut rng = ChaCha8Rng::seed_from_u64(self.rng.gen());
         let node = self.node_mut(id);
         if !matches!(node.status, Status::Up | Status::Paused) {
@@ -790,6 +961,13 @@ impl Sim {
             log.crash(&mut rng)
         };
         node.status = Status::Crashed;
+        let now = self.now_us;
+        let kept = recovered.as_ref().map(|l| l.last_id());
+        self.trace.record(now, Some(id), "crash", || match kept {
+            Ok(last) => format!("crash (losing unsynced: {lose_all}); log recovers to {last}"),
+            Err(e) => format!("crash; the log does not recover: {e}"),
+        });
+        let node = self.node_mut(id);
         match recovered {
             Ok(log) => node.disk = Some(log),
             Err(e) => {
@@ -843,6 +1021,9 @@ impl Sim {
         node.incarnation += 1;
         self.stats.destroyed += 1;
         self.checker.forget(id);
+        let now = self.now_us;
+        self.trace
+            .record(now, Some(id), "destroy", || "destroyed, disk gone".into());
     }
 
     /// Stops a server's process for `duration_us` (SIGSTOP, then SIGCONT).
@@ -854,6 +1035,9 @@ impl Sim {
         node.status = Status::Paused;
         let incarnation = node.incarnation;
         self.stats.pauses += 1;
+        let now = self.now_us;
+        self.trace
+            .record(now, Some(id), "pause", || format!("for {duration_us}us"));
         self.schedule(
             duration_us,
             Event::Resume {
@@ -870,6 +1054,10 @@ impl Sim {
         }
         node.status = Status::Up;
         let inbox = std::mem::take(&mut node.inbox);
+        let (now, queued) = (self.now_us, inbox.len());
+        self.trace.record(now, Some(id), "resume", || {
+            format!("{queued} packets queued")
+        });
         for packet in inbox {
             self.schedule(1, Event::Deliver(packet));
         }
@@ -1009,6 +1197,17 @@ impl Sim {
         }
     }
 
+    /// Test only: `id`'s log panics when an append reaches `index` (a bug
+    /// planted in a server, to show what its trace looks like).
+    pub fn inject_panic_at(&mut self, id: NodeId, index: Index) {
+        let node = self.node_mut(id);
+        if let Some(raft) = node.raft.as_mut() {
+            raft.log_mut().inject_panic_at(Some(index));
+        } else if let Some(log) = node.disk.as_mut() {
+            log.inject_panic_at(Some(index));
+        }
+    }
+
     /// Cuts every link to and from `id`.
     pub fn isolate(&mut self, id: NodeId) {
         for other in self.ids() {
@@ -1074,9 +1273,28 @@ impl Sim {
     }
 }
 
+/// One line for a packet of the consensus simulator.
+fn describe_packet(packet: &Packet) -> String {
+    match packet {
+        Packet::Raft(m) => describe_message(m),
+        Packet::Snapshot {
+            from,
+            to,
+            term,
+            state,
+        } => format!(
+            "Snapshot {from}->{to} t{term} at {} hash {:016x}",
+            state.applied, state.hash
+        ),
+    }
+}
+
 impl crate::sim::nemesis::FaultTarget for Sim {
     fn rng(&mut self) -> &mut ChaCha8Rng {
         &mut self.rng
+    }
+    fn trace(&mut self) -> &mut Trace {
+        &mut self.trace
     }
     fn now_us(&self) -> u64 {
         self.now_us

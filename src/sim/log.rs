@@ -9,6 +9,10 @@
 //! What it does not do: choose when group commits start or complete (the
 //! simulator does, with simulated latencies) or when servers crash.
 //!
+//! It also keeps, for the simulator's trace, the log operations other than
+//! appends (truncations, releases, resets, hard-state writes), and can
+//! panic on a chosen append, to show how a panic inside a server reads.
+//!
 //! Invariants: one group commit in flight at a time (the cluster starts the
 //! next one only after the previous completed); the hard state is durable on
 //! return from `save_hard_state` (the ring writes and syncs its slot).
@@ -34,24 +38,56 @@ fn options() -> Options {
     }
 }
 
+/// A log operation other than an append, for the simulator's trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogOp {
+    TruncateFrom(Index),
+    ReleaseTo(Index),
+    Reset(LogId),
+    HardState(Term, Option<ringlog::NodeId>),
+}
+
 /// The simulated log of one server.
 pub struct SimLog {
     ring: RingLog<SimDisk>,
     /// Entries appended since the simulator last drained them (for the
     /// log-matching checker), each batch with the term of the entry before it.
     appended: Vec<(Term, Vec<Entry>)>,
+    /// Other operations since the simulator last drained them.
+    ops: Vec<LogOp>,
+    /// Test only: panic when an append reaches this index.
+    panic_at: Option<Index>,
 }
 
 impl SimLog {
     /// A freshly formatted log on an empty simulated disk.
     pub fn new(seed: u64) -> SimLog {
-        let disk = SimDisk::new(SIM_GEOMETRY.disk_bytes());
-        let ring = RingLog::format(disk, SIM_GEOMETRY, seed, options())
+        SimLog::with_geometry(seed, SIM_GEOMETRY)
+    }
+
+    /// A freshly formatted log of the given geometry (swarm testing draws
+    /// small ones, so that logs fill and compaction and snapshots happen).
+    pub fn with_geometry(seed: u64, geometry: Geometry) -> SimLog {
+        let disk = SimDisk::new(geometry.disk_bytes());
+        let ring = RingLog::format(disk, geometry, seed, options())
             .expect("formatting an empty simulated disk succeeds");
         SimLog {
             ring,
             appended: Vec::new(),
+            ops: Vec::new(),
+            panic_at: None,
         }
+    }
+
+    /// Test only: the append that reaches `index` panics (a bug planted in
+    /// a server, to show what its trace looks like).
+    pub fn inject_panic_at(&mut self, index: Option<Index>) {
+        self.panic_at = index;
+    }
+
+    /// Operations other than appends since the last call.
+    pub fn drain_ops(&mut self) -> Vec<LogOp> {
+        std::mem::take(&mut self.ops)
     }
 
     /// Whether anything was submitted and not yet handed to a group commit.
@@ -74,22 +110,26 @@ impl SimLog {
     /// lost (a random in-order subset kept, the last one maybe torn), then
     /// the real recovery scan.
     pub fn crash(self, rng: &mut impl Rng) -> Result<SimLog, StorageError> {
+        let panic_at = self.panic_at;
         let mut disk = self.ring.into_disk();
         disk.crash(rng.gen());
-        SimLog::reopen(disk)
+        SimLog::reopen(disk, panic_at)
     }
 
     /// The log after a power loss that keeps nothing unsynced.
     pub fn crash_losing_unsynced(self) -> Result<SimLog, StorageError> {
+        let panic_at = self.panic_at;
         let mut disk = self.ring.into_disk();
         disk.crash_losing_unsynced();
-        SimLog::reopen(disk)
+        SimLog::reopen(disk, panic_at)
     }
 
-    fn reopen(disk: SimDisk) -> Result<SimLog, StorageError> {
+    fn reopen(disk: SimDisk, panic_at: Option<Index>) -> Result<SimLog, StorageError> {
         Ok(SimLog {
             ring: RingLog::open(disk, options())?,
             appended: Vec::new(),
+            ops: Vec::new(),
+            panic_at,
         })
     }
 
@@ -124,21 +164,38 @@ impl LogStore for SimLog {
 
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
         let prev_term = self.ring.last_id().term;
+        if let (Some(at), Some(last)) = (self.panic_at, entries.last()) {
+            assert!(
+                last.index < at,
+                "injected panic: an append reached entry {at}"
+            );
+        }
         self.ring.append(entries)?;
         self.appended.push((prev_term, entries.to_vec()));
         Ok(())
     }
 
     fn truncate_from(&mut self, index: Index) -> Result<(), StorageError> {
+        self.ops.push(LogOp::TruncateFrom(index));
         self.ring.truncate_from(index)
     }
 
     fn release_to(&mut self, index: Index) -> Result<(), StorageError> {
+        self.ops.push(LogOp::ReleaseTo(index));
         self.ring.release_to(index)
     }
 
     fn reset(&mut self, snapshot: LogId) -> Result<(), StorageError> {
+        self.ops.push(LogOp::Reset(snapshot));
         self.ring.reset(snapshot)
+    }
+
+    fn has_room(&self, entries: &[Entry]) -> bool {
+        self.ring.has_room(entries)
+    }
+
+    fn space_used_percent(&self) -> u8 {
+        self.ring.space_used_percent()
     }
 
     fn hard_state(&self) -> HardState {
@@ -146,6 +203,7 @@ impl LogStore for SimLog {
     }
 
     fn save_hard_state(&mut self, state: HardState) -> Result<(), StorageError> {
+        self.ops.push(LogOp::HardState(state.term, state.vote));
         self.ring.save_hard_state(state)
     }
 }

@@ -24,7 +24,12 @@
 //! - `replicas`, `replica_run`: the same for whole replicas (consensus,
 //!   ringlog, delta engine, pipeline) running the simulated `ledger`
 //!   application, with clients that retry; `history` checks what the
-//!   clients saw (BRIEF I1 to I5).
+//!   clients saw (BRIEF I1 to I5);
+//! - `trace`: the flight recorder both simulators write to (the last
+//!   events of every layer, frozen at the first violation) and the capture
+//!   of panics (message, location, backtrace) with the run's state intact;
+//! - `swarm`: each seed's own configuration and fault mix, drawn from the
+//!   seed (swarm testing).
 
 pub mod app;
 pub mod checker;
@@ -37,6 +42,8 @@ pub mod network;
 pub mod replica_run;
 pub mod replicas;
 pub mod run;
+pub mod swarm;
+pub mod trace;
 
 pub use checker::{Checker, Violation};
 pub use cluster::{Sim, Stats, Status, Timing};

@@ -19,9 +19,26 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use ringlog::NodeId;
 
+/// The nemesis's actions, in the order of `FaultConfig::weights`.
+pub const ACTIONS: [&str; 10] = [
+    "links",
+    "partition",
+    "heal",
+    "crash-new-leader",
+    "power-failure",
+    "crash",
+    "pause",
+    "destroy",
+    "clock",
+    "links-again",
+];
+
 /// How hostile the nemesis is.
 #[derive(Clone, Debug)]
 pub struct FaultConfig {
+    /// Relative weight of each action in `ACTIONS` (an action whose
+    /// switch below is off falls back to random link faults).
+    pub weights: [u32; 10],
     /// Mean simulated time between two nemesis actions.
     pub interval_us_mean: u64,
     /// Highest random loss probability put on a link.
@@ -40,6 +57,7 @@ impl FaultConfig {
     /// No faults at all.
     pub fn calm() -> FaultConfig {
         FaultConfig {
+            weights: FaultConfig::WEIGHTS_DEFAULT,
             interval_us_mean: u64::MAX / 4,
             loss_max: 0.0,
             duplicate_max: 0.0,
@@ -52,8 +70,13 @@ impl FaultConfig {
         }
     }
 
+    /// The fixed mix: link faults 24%, partitions 25%, heal 15%, the
+    /// crashes 15%, pauses 7%, destruction 4%, clocks 10%.
+    pub const WEIGHTS_DEFAULT: [u32; 10] = [20, 25, 15, 5, 3, 7, 7, 4, 10, 4];
+
     pub fn level(name: &str) -> Option<FaultConfig> {
         let mut f = FaultConfig {
+            weights: FaultConfig::WEIGHTS_DEFAULT,
             interval_us_mean: 400_000,
             loss_max: 0.3,
             duplicate_max: 0.1,
@@ -89,6 +112,8 @@ impl FaultConfig {
 /// simulator (`Sim`) and the replica simulator (`ReplicaSim`) provide it.
 pub trait FaultTarget {
     fn rng(&mut self) -> &mut ChaCha8Rng;
+    /// The run's recorder of recent events.
+    fn trace(&mut self) -> &mut crate::sim::trace::Trace;
     fn now_us(&self) -> u64;
     fn net(&mut self) -> &mut Network;
     fn net_ref(&self) -> &Network;
@@ -139,10 +164,14 @@ impl Nemesis {
         }
     }
 
-    fn note(&mut self, sim: &impl FaultTarget, what: String) {
+    fn note(&mut self, sim: &mut impl FaultTarget, what: String) {
         const LOG_LINES_MAX: usize = 400;
+        let now = sim.now_us();
+        if sim.trace().on() {
+            sim.trace().record(now, None, "nemesis", || what.clone());
+        }
         if self.log.len() < LOG_LINES_MAX {
-            self.log.push(format!("{:>10}us {what}", sim.now_us()));
+            self.log.push(format!("{now:>10}us {what}"));
         }
     }
 
@@ -155,38 +184,35 @@ impl Nemesis {
 
     /// Picks and applies one action.
     pub fn act(&mut self, sim: &mut impl FaultTarget) {
+        let total: u32 = self.cfg.weights.iter().sum();
+        if total == 0 {
+            return self.randomize_links(sim);
+        }
+        let mut choice = sim.rng().gen_range(0..total);
+        let mut action = 0;
+        while choice >= self.cfg.weights[action] {
+            choice -= self.cfg.weights[action];
+            action += 1;
+        }
+        self.act_on(sim, action);
+    }
+
+    /// Applies action number `action` of `ACTIONS`.
+    fn act_on(&mut self, sim: &mut impl FaultTarget, action: usize) {
         let election_us = sim.election_us();
-        let choice = sim.rng().gen_range(0..100u32);
-        match choice {
-            0..=19 => self.randomize_links(sim),
-            20..=44 if self.cfg.partitions => self.partition(sim),
-            45..=59 => {
+        match action {
+            1 if self.cfg.partitions => self.partition(sim),
+            2 => {
                 sim.net().heal_all();
                 self.flaps.clear();
                 self.note(sim, "heal all links".into());
             }
-            60..=64 if self.cfg.crashes => {
+            3 if self.cfg.crashes => {
                 self.crash_on_election = Some(());
                 self.note(sim, "crash the next leader right after its election".into());
             }
-            65..=67 if self.cfg.crashes => {
-                // A power failure: several servers crash at the same instant
-                // and lose whatever they had not synced.
-                let mut up: Vec<NodeId> = sim
-                    .ids()
-                    .into_iter()
-                    .filter(|&n| matches!(sim.status(n), Status::Up | Status::Paused))
-                    .collect();
-                up.shuffle(sim.rng());
-                let count = sim.rng().gen_range(2..=3).min(up.len());
-                for &n in &up[..count] {
-                    sim.crash(n);
-                    let delay = sim.rng().gen_range(0..2 * election_us);
-                    sim.restart_after(n, delay);
-                }
-                self.note(sim, format!("power failure on {:?}", &up[..count]));
-            }
-            68..=74 if self.cfg.crashes => {
+            4 if self.cfg.crashes => self.power_failure(sim),
+            5 if self.cfg.crashes => {
                 let target = self.pick_target(sim, &[Status::Up, Status::Paused]);
                 if let Some(n) = target {
                     sim.crash(n);
@@ -195,14 +221,14 @@ impl Nemesis {
                     self.note(sim, format!("crash {n}, restart in {delay}us"));
                 }
             }
-            75..=81 if self.cfg.pauses => {
+            6 if self.cfg.pauses => {
                 if let Some(n) = self.pick_target(sim, &[Status::Up]) {
                     let duration = sim.rng().gen_range(election_us * 3 / 2..election_us * 5);
                     sim.pause(n, duration);
                     self.note(sim, format!("pause {n} for {duration}us"));
                 }
             }
-            82..=85 if self.destroy_room(sim) > 0 => {
+            7 if self.destroy_room(sim) > 0 => {
                 let room = self.destroy_room(sim);
                 let count = sim.rng().gen_range(1..=room);
                 if sim.rng().gen_bool(0.5) {
@@ -215,7 +241,7 @@ impl Nemesis {
                     self.destroy_now(sim, count);
                 }
             }
-            86..=95 if self.cfg.clocks => {
+            8 if self.cfg.clocks => {
                 let n = *sim.ids().choose(sim.rng()).expect("servers");
                 if sim.rng().gen_bool(0.5) {
                     let rate = sim.rng().gen_range(0.5..1.5);
@@ -230,6 +256,25 @@ impl Nemesis {
             }
             _ => self.randomize_links(sim),
         }
+    }
+
+    /// A power failure: several servers crash at the same instant and lose
+    /// whatever they had not synced.
+    fn power_failure(&mut self, sim: &mut impl FaultTarget) {
+        let election_us = sim.election_us();
+        let mut up: Vec<NodeId> = sim
+            .ids()
+            .into_iter()
+            .filter(|&n| matches!(sim.status(n), Status::Up | Status::Paused))
+            .collect();
+        up.shuffle(sim.rng());
+        let count = sim.rng().gen_range(2..=3).min(up.len());
+        for &n in &up[..count] {
+            sim.crash(n);
+            let delay = sim.rng().gen_range(0..2 * election_us);
+            sim.restart_after(n, delay);
+        }
+        self.note(sim, format!("power failure on {:?}", &up[..count]));
     }
 
     /// The leader half the time (the most interesting target), else anyone in `states`.

@@ -170,7 +170,7 @@ impl Network {
         rng: &mut impl Rng,
     ) -> Vec<u64> {
         self.sent += 1;
-        let link = self.link(from, to).clone();
+        let link = self.link(from, to);
         if link.blocked
             || link.drop_kinds.contains(&kind)
             || rng.gen_bool(link.loss.clamp(0.0, 1.0))
@@ -179,8 +179,9 @@ impl Network {
             return Vec::new();
         }
         let range = link.delay_us_min..=link.delay_us_max.max(link.delay_us_min);
+        let duplicate = link.duplicate;
         let mut copies = vec![rng.gen_range(range.clone())];
-        if rng.gen_bool(link.duplicate.clamp(0.0, 1.0)) {
+        if rng.gen_bool(duplicate.clamp(0.0, 1.0)) {
             copies.push(rng.gen_range(range));
         }
         copies

@@ -29,6 +29,7 @@ use crate::sim::ledger::{self, Fate, LedgerCommand, ACCOUNTS};
 use crate::sim::log::SimLog;
 use crate::sim::nemesis::FaultTarget;
 use crate::sim::network::{Network, PacketKind};
+use crate::sim::trace::{describe_message, Trace};
 use bytes::Bytes;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -51,6 +52,8 @@ pub struct RNode {
     /// The application's own randomness on this server.
     app_rng: ChaCha8Rng,
     leading: Option<Term>,
+    /// Term, role and snapshot counters last written to the trace.
+    traced: Option<(Term, Role, u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -92,6 +95,22 @@ enum Event {
         commit: u64,
     },
     Timer(u64),
+}
+
+impl Event {
+    /// The server that handles the event (none for clients and timers).
+    fn server(&self) -> Option<NodeId> {
+        match self {
+            Event::Deliver(msg) => Some(msg.to()),
+            Event::Tick { node, .. }
+            | Event::SyncDone { node, .. }
+            | Event::Restart { node, .. }
+            | Event::Resume { node, .. }
+            | Event::ExecDone { node, .. }
+            | Event::Request { node, .. } => Some(*node),
+            Event::Reply { .. } | Event::Timer(_) => None,
+        }
+    }
 }
 
 struct Scheduled {
@@ -156,6 +175,11 @@ pub struct Workload {
     pub clients: usize,
     /// A client retries after this long without an answer.
     pub client_timeout_us: u64,
+    /// Each retry of a command waits twice as long as the one before (up
+    /// to a second, or the timeout if longer), as a client should: with a fixed timeout
+    /// shorter than the cluster's latency under load, a client that takes
+    /// only its latest attempt's answer never completes.
+    pub retry_backoff: bool,
     /// Chance that one run of the application crashes midway.
     pub app_crash: f64,
     /// Chance that a command writes a large blob (a multi-entry delta).
@@ -172,10 +196,57 @@ impl Default for Workload {
         Workload {
             clients: 6,
             client_timeout_us: 300_000,
+            retry_backoff: false,
             app_crash: 0.01,
             large: 0.01,
             commands_per_identity: 100,
             mutation: crate::replica::ReplicaMutation::None,
+        }
+    }
+}
+
+/// The servers' configuration in a replica run: what swarm testing varies
+/// beyond `Options`, `Timing` and `Workload`. The default is the fixed
+/// configuration every replica seed ran before swarm testing.
+#[derive(Clone, Debug)]
+pub struct ReplicaShape {
+    /// Each server's ring log.
+    pub geometry: ringlog::Geometry,
+    /// Largest entry (overrides `Options::entry_bytes_max`).
+    pub entry_bytes_max: u64,
+    pub engine: EngineConfig,
+    /// The pipeline's limits (its `mutation` comes from the workload).
+    pub replica: ReplicaConfig,
+}
+
+impl Default for ReplicaShape {
+    fn default() -> ReplicaShape {
+        ReplicaShape {
+            geometry: crate::sim::log::SIM_GEOMETRY,
+            entry_bytes_max: 64 << 10,
+            engine: EngineConfig {
+                max_part_bytes: 32 << 10,
+                snapshot_chunk_bytes: 16 << 10,
+                snapshot_journal_bytes_max: 16 << 20,
+                test_checkpoint_before_sync: false,
+            },
+            replica: ReplicaConfig {
+                pipeline_commands_max: 64,
+                queued_requests_max: 256,
+                pending_replies_max: 256,
+                sessions_max: 12,
+                response_bytes_max: 4096,
+                compact_entries: 64,
+                compact_keep_entries: 16,
+                checkpoint_entries: 48,
+                checkpoint_bytes: 256 << 10,
+                checkpoint_ticks: 50,
+                snapshot_chunks_in_flight: 4,
+                snapshot_stall_ticks: 10,
+                snapshot_stalls_max: 10,
+                snapshot_request_ticks: 10,
+                mutation: crate::replica::ReplicaMutation::None,
+            },
         }
     }
 }
@@ -201,6 +272,10 @@ pub struct ReplicaSim {
     /// Clients finish (and retry) what they started but start nothing new.
     pub clients_draining: bool,
     fired: Vec<u64>,
+    /// The recent events of every layer (recorded only when on).
+    pub trace: Trace,
+    /// Commands of appended entries not yet committed, by (index, term).
+    appended_commands: std::collections::HashMap<(u64, Term), CommittedCommand>,
 }
 
 /// Timer ids at or above this are client turns.
@@ -214,36 +289,33 @@ impl ReplicaSim {
         timing: Timing,
         workload: Workload,
     ) -> ReplicaSim {
+        let shape = ReplicaShape::default();
+        ReplicaSim::build(seed, nodes, opts, timing, workload, &shape, Trace::off())
+    }
+
+    /// A simulation of servers configured as `shape`, recording into
+    /// `trace` from the first event.
+    pub fn build(
+        seed: u64,
+        nodes: usize,
+        opts: Options,
+        timing: Timing,
+        workload: Workload,
+        shape: &ReplicaShape,
+        trace: Trace,
+    ) -> ReplicaSim {
         let voters = Membership::new(1..=nodes as NodeId).expect("valid membership");
         let opts = Options {
-            entry_bytes_max: 64 << 10,
+            entry_bytes_max: shape.entry_bytes_max,
             ..opts
         };
         let setup = ReplicaSetup {
             raft: opts,
             voters,
-            engine: EngineConfig {
-                max_part_bytes: 32 << 10,
-                snapshot_chunk_bytes: 16 << 10,
-                snapshot_journal_bytes_max: 16 << 20,
-                test_checkpoint_before_sync: false,
-            },
+            engine: shape.engine.clone(),
             replica: ReplicaConfig {
-                pipeline_commands_max: 64,
-                queued_requests_max: 256,
-                pending_replies_max: 256,
-                sessions_max: 12,
-                response_bytes_max: 4096,
-                compact_entries: 64,
-                compact_keep_entries: 16,
-                checkpoint_entries: 48,
-                checkpoint_bytes: 256 << 10,
-                checkpoint_ticks: 50,
-                snapshot_chunks_in_flight: 4,
-                snapshot_stall_ticks: 10,
-                snapshot_stalls_max: 10,
-                snapshot_request_ticks: 10,
                 mutation: workload.mutation,
+                ..shape.replica.clone()
             },
         };
         let rng = ChaCha8Rng::seed_from_u64(seed);
@@ -277,6 +349,8 @@ impl ReplicaSim {
             clients_on: false,
             clients_draining: false,
             fired: Vec::new(),
+            trace,
+            appended_commands: std::collections::HashMap::new(),
         };
         for id in 1..=nodes as NodeId {
             let salt = seed ^ id.wrapping_mul(0x2545_F491_4F6C_DD1D);
@@ -284,13 +358,17 @@ impl ReplicaSim {
                 id,
                 status: Status::Crashed,
                 replica: None,
-                disk: Some((SimLog::new(salt), MemTree::new(salt ^ 0xF00D))),
+                disk: Some((
+                    SimLog::with_geometry(salt, shape.geometry),
+                    MemTree::new(salt ^ 0xF00D),
+                )),
                 incarnation: 0,
                 tick_us: sim.timing.tick_us,
                 sync: None,
                 inbox: Vec::new(),
                 app_rng: ChaCha8Rng::seed_from_u64(salt ^ 0xA11),
                 leading: None,
+                traced: None,
             });
             sim.start(id);
         }
@@ -377,8 +455,21 @@ impl ReplicaSim {
         assert!(next.at >= self.now_us, "time never goes backwards");
         self.now_us = next.at;
         self.checker.set_now(self.now_us);
+        self.checker.set_server(next.event.server());
         self.stats.events += 1;
-        match next.event {
+        self.dispatch(next.event);
+        if self.trace.on() && !self.checker.violations.is_empty() {
+            // The ring ends where the run first went wrong.
+            let what = self.checker.violations[0].what.clone();
+            let server = self.checker.violations[0].server;
+            self.trace.record(self.now_us, server, "VIOLATION", || what);
+            self.trace.freeze();
+        }
+        true
+    }
+
+    fn dispatch(&mut self, event: Event) {
+        match event {
             Event::Deliver(msg) => self.deliver(msg),
             Event::Tick { node, incarnation } => self.on_tick(node, incarnation),
             Event::SyncDone { node, incarnation } => self.on_sync_done(node, incarnation),
@@ -413,6 +504,18 @@ impl ReplicaSim {
                     .clients
                     .get(client)
                     .is_some_and(|c| c.attempts & 0xFFFF == attempt);
+                let now = self.now_us;
+                self.trace.record(now, None, "answer", || {
+                    let taken = if latest {
+                        "taken"
+                    } else {
+                        "ignored (earlier attempt)"
+                    };
+                    format!(
+                        "client {client} seq {seq} attempt {attempt}: {} ({taken})",
+                        describe_reply(&reply)
+                    )
+                });
                 if latest {
                     self.on_reply(client, seq, reply, commit);
                 } else {
@@ -429,7 +532,6 @@ impl ReplicaSim {
             }
             Event::Timer(id) => self.fired.push(id),
         }
-        true
     }
 
     pub fn run_until(
@@ -455,6 +557,15 @@ impl ReplicaSim {
 
     fn deliver(&mut self, msg: PeerMessage) {
         let to = msg.to();
+        if self.trace.on() {
+            let kind = match self.node(to).status {
+                Status::Up => "recv",
+                Status::Paused => "queued",
+                Status::Crashed | Status::Destroyed => "lost",
+            };
+            self.trace
+                .record(self.now_us, Some(to), kind, || describe_peer(&msg));
+        }
         match self.node(to).status {
             Status::Up => {}
             Status::Paused => {
@@ -516,7 +627,13 @@ impl ReplicaSim {
         let ticket = node.sync.take().expect("a sync is in flight");
         let replica = node.replica.as_mut().expect("running");
         let result = match replica.raft_mut().log_mut().complete_sync(ticket) {
-            Ok(durable) => replica.handle_log_durable(durable),
+            Ok(durable) => {
+                let result = replica.handle_log_durable(durable);
+                let now = self.now_us;
+                self.trace
+                    .record(now, Some(id), "synced", || format!("durable to {durable}"));
+                result
+            }
             Err(e) => Err(e.into()),
         };
         self.after(id, result);
@@ -539,6 +656,17 @@ impl ReplicaSim {
             );
             return;
         }
+        let now = self.now_us;
+        self.trace
+            .record(now, Some(id), "executed", || match &outcome {
+                ExecOutcome::Done { status, response } => {
+                    format!(
+                        "run {exec} done: status {status}, {} response bytes",
+                        response.len()
+                    )
+                }
+                ExecOutcome::Failed { reason } => format!("run {exec} failed: {reason}"),
+            });
         let result = self.replica_mut(id).handle_executed(exec, outcome);
         self.after(id, result);
     }
@@ -548,13 +676,27 @@ impl ReplicaSim {
             return; // lost: the client will time out
         }
         self.stats.requests += 1;
+        let now = self.now_us;
+        self.trace.record(now, Some(id), "request", || {
+            format!(
+                "client {} of session {:x} seq {} ({} bytes)",
+                request.ctx >> 48,
+                request.client,
+                request.seq,
+                request.command.len()
+            )
+        });
         let result = self.replica_mut(id).handle_request(request);
         self.after(id, result);
     }
 
     /// Carries out `id`'s effects, runs the checkers, starts group commits.
     fn after(&mut self, id: NodeId, result: Result<(), ReplicaError>) {
+        self.checker.set_server(Some(id));
         if let Err(e) = result {
+            let now = self.now_us;
+            self.trace
+                .record(now, Some(id), "stop", || format!("the replica stops: {e}"));
             let storage = matches!(
                 &e,
                 ReplicaError::Core(crate::raft::CoreError::Storage(_))
@@ -596,6 +738,7 @@ impl ReplicaSim {
         let new_leader = role == Role::Leader && node.leading != Some(term);
         node.leading = (role == Role::Leader).then_some(term);
         let appended = replica.raft_mut().log_mut().drain_appended();
+        let ops = replica.raft_mut().log_mut().drain_ops();
         let mut start_sync = false;
         if node.sync.is_none() && replica.raft().log().pending_ops() > 0 {
             match replica.raft_mut().log_mut().begin_sync() {
@@ -603,14 +746,21 @@ impl ReplicaSim {
                     start_sync = ticket.is_some();
                     node.sync = ticket;
                 }
-                Err(_) => {
+                Err(e) => {
+                    let now = self.now_us;
+                    self.trace
+                        .record(now, Some(id), "stop", || format!("group commit fails: {e}"));
                     self.crash(id);
                     return;
                 }
             }
         }
         let incarnation = node.incarnation;
+        if self.trace.on() {
+            self.trace_observe(id, &appended, &ops, start_sync);
+        }
         self.checker.hard_state(id, term, vote);
+        self.note_appended(&appended);
         for (prev_term, entries) in appended {
             self.checker.appended(id, prev_term, &entries);
         }
@@ -639,7 +789,60 @@ impl ReplicaSim {
         }
     }
 
+    /// Writes what a call into `id` did to its log, its term and role and
+    /// its snapshot transfers, when they changed, to the trace.
+    fn trace_observe(
+        &mut self,
+        id: NodeId,
+        appended: &[(Term, Vec<ringlog::Entry>)],
+        ops: &[crate::sim::log::LogOp],
+        sync_started: bool,
+    ) {
+        let now = self.now_us;
+        let node = &mut self.nodes[(id - 1) as usize];
+        let Some(replica) = node.replica.as_ref() else {
+            return;
+        };
+        let (raft, stats) = (replica.raft(), replica.stats());
+        let seen = node.traced.unwrap_or((0, Role::Follower, 0, 0));
+        let state = (
+            raft.term(),
+            raft.role(),
+            stats.snapshots_sent,
+            stats.snapshots_installed,
+        );
+        node.traced = Some(state);
+        if (seen.0, seen.1) != (state.0, state.1) {
+            let (commit, last) = (raft.commit_index(), raft.last_log_id());
+            self.trace.record(now, Some(id), "role", || {
+                format!("{:?} t{} commit {commit} last {last}", state.1, state.0)
+            });
+        }
+        if state.2 > seen.2 || state.3 > seen.3 {
+            let status = replica.snapshot_status();
+            let applied = replica.applied_index();
+            let kind = if state.3 > seen.3 {
+                "snap-inst"
+            } else {
+                "snap-send"
+            };
+            self.trace.record(now, Some(id), kind, || {
+                format!("applied {applied}: {status}")
+            });
+        }
+        let sync_to = raft.last_log_id();
+        crate::sim::trace::record_log_ops(&mut self.trace, now, id, appended, ops);
+        if sync_started {
+            self.trace.record(now, Some(id), "sync", || {
+                format!("group commit up to {sync_to}")
+            });
+        }
+    }
+
     fn on_effect(&mut self, id: NodeId, effect: Effect) {
+        if self.trace.on() {
+            self.trace_effect(id, &effect);
+        }
         match effect {
             Effect::Send(msg) => self.send(msg),
             Effect::Execute { id: exec, command } => self.execute(id, exec, command),
@@ -679,7 +882,7 @@ impl ReplicaSim {
                 self.checker
                     .applied_position(id, node_term, index, term, state_hash);
                 self.history.note_commit(index);
-                self.record_committed(id, index);
+                self.record_committed(id, index, term);
             }
             Effect::ResetApplication => {}
             Effect::Diverged { index, reason } => {
@@ -690,14 +893,66 @@ impl ReplicaSim {
         }
     }
 
+    fn trace_effect(&mut self, id: NodeId, effect: &Effect) {
+        let now = self.now_us;
+        let (kind, detail) = match effect {
+            Effect::Send(_) => return,
+            Effect::Execute { id: exec, command } => (
+                "execute",
+                format!("run {exec}: {} command bytes", command.len()),
+            ),
+            Effect::Reply {
+                ctx,
+                client,
+                seq,
+                reply,
+            } => (
+                "reply",
+                format!(
+                    "to client {} session {client:x} seq {seq}: {}",
+                    ctx >> 48,
+                    describe_reply(reply)
+                ),
+            ),
+            Effect::Applied {
+                index,
+                term,
+                state_hash,
+            } => (
+                "apply",
+                match state_hash {
+                    Some(h) => format!("entry {index} (term {term}), state {h:x}"),
+                    None => format!("entry {index} (term {term}), no new state (a barrier, or a part of a larger delta)"),
+                },
+            ),
+            Effect::ResetApplication => ("app-reset", "application restarted".to_string()),
+            Effect::Diverged { index, reason } => {
+                ("diverged", format!("at entry {index}: {reason}"))
+            }
+        };
+        self.trace.record(now, Some(id), kind, || detail);
+    }
+
     /// Records the command a committed entry carries, for the history.
-    fn record_committed(&mut self, id: NodeId, index: u64) {
+    ///
+    /// The command comes from what the servers appended (a server may
+    /// apply an entry and release it from its log in the same call, when
+    /// its log is small or fills), keyed by index and term, which identify
+    /// an entry's content (log matching, checked on every append).
+    fn record_committed(&mut self, id: NodeId, index: u64, term: Term) {
         if self.history.committed.contains_key(&index) {
             return;
         }
-        let replica = self.replica(id).expect("running");
+        if let Some(c) = self.appended_commands.remove(&(index, term)) {
+            return self.history.committed_command(c);
+        }
+        // Appended and applied in the same call: not drained yet, but still
+        // in the applying server's log.
+        let Some(replica) = self.replica(id) else {
+            return;
+        };
         let Ok(entries) = replica.raft().entries(index, index + 1, u64::MAX) else {
-            return; // released already (a snapshot): another server recorded it
+            return;
         };
         let Some(entry) = entries.first() else { return };
         if entry.kind != ringlog::EntryKind::Command {
@@ -712,6 +967,30 @@ impl ReplicaSim {
                 response: c.response.to_vec(),
                 expired: c.expired,
             });
+        }
+    }
+
+    /// Keeps the commands of newly appended entries until they commit.
+    fn note_appended(&mut self, appended: &[(Term, Vec<ringlog::Entry>)]) {
+        for entry in appended.iter().flat_map(|(_, entries)| entries) {
+            let key = (entry.index, entry.term);
+            if entry.kind != ringlog::EntryKind::Command
+                || self.history.committed.contains_key(&entry.index)
+                || self.appended_commands.contains_key(&key)
+            {
+                continue;
+            }
+            if let Ok(ReplicaEntry::Command(c)) = ReplicaEntry::decode(&entry.data) {
+                let command = CommittedCommand {
+                    index: entry.index,
+                    client: c.client,
+                    seq: c.seq,
+                    status: c.status,
+                    response: c.response.to_vec(),
+                    expired: c.expired,
+                };
+                self.appended_commands.insert(key, command);
+            }
         }
     }
 
@@ -738,6 +1017,12 @@ impl ReplicaSim {
         let delays = self
             .net
             .route_parts(msg.from(), msg.to(), kind, &mut self.rng);
+        if self.trace.on() && delays.len() != 1 {
+            let kind = if delays.is_empty() { "drop" } else { "dup" };
+            let now = self.now_us;
+            self.trace
+                .record(now, Some(msg.from()), kind, || describe_peer(&msg));
+        }
         for delay in delays {
             self.schedule(delay, Event::Deliver(msg.clone()));
         }
@@ -821,6 +1106,9 @@ impl ReplicaSim {
             }
             _ if busy => {
                 // No answer in time: retry, same sequence, another server.
+                self.trace.record(now, None, "timeout", || {
+                    format!("client {i} retries seq {}", self.clients[i].seq)
+                });
                 self.stats.retries += 1;
                 self.clients[i].target = None;
                 self.send_current(i);
@@ -837,6 +1125,12 @@ impl ReplicaSim {
                     return self.send_current(i);
                 }
                 let command = self.pick_command();
+                if self.trace.on() {
+                    let (seq, what) = (self.clients[i].seq + 1, format!("{command:?}"));
+                    self.trace.record(now, None, "invoke", || {
+                        format!("client {i} seq {seq}: {what}")
+                    });
+                }
                 let client = &mut self.clients[i];
                 client.seq += 1;
                 client.attempts = 0;
@@ -872,7 +1166,14 @@ impl ReplicaSim {
         };
         let c = &mut self.clients[i];
         c.target = Some(target);
-        c.deadline_us = self.now_us + self.workload.client_timeout_us;
+        let timeout = self.workload.client_timeout_us;
+        let wait = if self.workload.retry_backoff {
+            // Doubling, up to a second (or the timeout, if longer).
+            (timeout << c.attempts.min(4)).min(timeout.max(1_000_000))
+        } else {
+            timeout
+        };
+        c.deadline_us = self.now_us + wait;
         c.attempts = c.attempts.wrapping_add(1);
         // The client takes only the answer to its latest send, as the
         // client library does: it drops the connection of an attempt it
@@ -1020,12 +1321,18 @@ impl ReplicaSim {
         let (log, tree) = node.disk.take().expect("a crashed server keeps its disk");
         match Replica::open(id, &setup, log, tree, seed) {
             Ok(replica) => {
+                let (last, applied) = (replica.raft().last_log_id(), replica.applied_index());
                 node.replica = Some(replica);
                 node.status = Status::Up;
                 node.incarnation += 1;
                 node.sync = None;
                 node.leading = None;
+                node.traced = None;
                 let (incarnation, tick_us) = (node.incarnation, node.tick_us);
+                let now = self.now_us;
+                self.trace.record(now, Some(id), "start", || {
+                    format!("incarnation {incarnation}: log to {last}, applied {applied}")
+                });
                 let phase = self.rng.gen_range(0..tick_us);
                 self.schedule(
                     phase,
@@ -1058,7 +1365,15 @@ impl ReplicaSim {
         node.inbox.clear();
         node.leading = None;
         node.sync = None;
-        match log.crash(&mut rng) {
+        let recovered = log.crash(&mut rng);
+        let now = self.now_us;
+        let kept = recovered.as_ref().map(|l| l.last_id());
+        self.trace.record(now, Some(id), "crash", || match kept {
+            Ok(last) => format!("crash; log recovers to {last}, tree loses unsynced changes"),
+            Err(e) => format!("crash; the log does not recover: {e}"),
+        });
+        let node = self.node_mut(id);
+        match recovered {
             Ok(log) => node.disk = Some((log, tree)),
             Err(e) => {
                 node.status = Status::Destroyed;
@@ -1100,6 +1415,9 @@ impl ReplicaSim {
         node.incarnation += 1;
         self.stats.destroyed += 1;
         self.checker.forget(id);
+        let now = self.now_us;
+        self.trace
+            .record(now, Some(id), "destroy", || "destroyed, disk gone".into());
     }
 
     pub fn pause(&mut self, id: NodeId, duration_us: u64) {
@@ -1110,6 +1428,9 @@ impl ReplicaSim {
         node.status = Status::Paused;
         let incarnation = node.incarnation;
         self.stats.pauses += 1;
+        let now = self.now_us;
+        self.trace
+            .record(now, Some(id), "pause", || format!("for {duration_us}us"));
         self.schedule(
             duration_us,
             Event::Resume {
@@ -1125,6 +1446,12 @@ impl ReplicaSim {
             return;
         }
         node.status = Status::Up;
+        let queued = node.inbox.len();
+        let now = self.now_us;
+        self.trace.record(now, Some(id), "resume", || {
+            format!("{queued} messages queued")
+        });
+        let node = self.node_mut(id);
         for msg in std::mem::take(&mut node.inbox) {
             self.schedule(1, Event::Deliver(msg));
         }
@@ -1265,6 +1592,17 @@ impl ReplicaSim {
         }
     }
 
+    /// Test only: `id`'s log panics when an append reaches `index` (a bug
+    /// planted in a server, to show what its trace looks like).
+    pub fn inject_panic_at(&mut self, id: NodeId, index: u64) {
+        let node = self.node_mut(id);
+        if let Some(r) = node.replica.as_mut() {
+            r.raft_mut().log_mut().inject_panic_at(Some(index));
+        } else if let Some((log, _)) = node.disk.as_mut() {
+            log.inject_panic_at(Some(index));
+        }
+    }
+
     /// The `n`-th file-tree operation from now on `id` fails as a crash
     /// (the server then stops, as on a real crash mid-write).
     pub fn crash_tree_after_ops(&mut self, id: NodeId, n: u64) {
@@ -1382,9 +1720,47 @@ impl ReplicaSim {
     }
 }
 
+/// One line for a message between replicas.
+fn describe_peer(msg: &PeerMessage) -> String {
+    match msg {
+        PeerMessage::Raft(m) => describe_message(m),
+        PeerMessage::SnapshotChunk {
+            from,
+            to,
+            term,
+            snapshot,
+            seq,
+            data,
+        } => format!(
+            "SnapChunk {from}->{to} t{term} transfer {snapshot:x} chunk {seq} ({} bytes)",
+            data.len()
+        ),
+        PeerMessage::SnapshotAck {
+            from,
+            to,
+            snapshot,
+            next_seq,
+        } => format!("SnapAck {from}->{to} transfer {snapshot:x} next {next_seq}"),
+        PeerMessage::SnapshotRequest { from, to } => format!("SnapRequest {from}->{to}"),
+    }
+}
+
+/// A reply, without its response bytes.
+fn describe_reply(reply: &Reply) -> String {
+    match reply {
+        Reply::Ok { status, response } => {
+            format!("Ok status {status} ({} bytes)", response.len())
+        }
+        other => format!("{other:?}"),
+    }
+}
+
 impl FaultTarget for ReplicaSim {
     fn rng(&mut self) -> &mut ChaCha8Rng {
         &mut self.rng
+    }
+    fn trace(&mut self) -> &mut Trace {
+        &mut self.trace
     }
     fn now_us(&self) -> u64 {
         self.now_us

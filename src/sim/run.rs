@@ -2,13 +2,18 @@
 //! that heals a random connected core of three or more live servers and
 //! requires progress within a bound, and a convergence phase that heals
 //! everything and checks that every acknowledged proposal reached every
-//! surviving server.
+//! surviving server. Each seed runs with the fixed configuration or its
+//! swarm draw (`swarm.rs`); a panic anywhere in the run is caught with
+//! the simulator's state intact, so the report says when, on which server
+//! and after which events it happened (`trace.rs`).
 
 use crate::raft::Options;
 use crate::sim::checker::Violation;
 use crate::sim::cluster::{Sim, Stats, Status, Timing};
 use crate::sim::nemesis::{FaultConfig, Nemesis};
 use crate::sim::network::Link;
+use crate::sim::swarm::Draw;
+use crate::sim::trace::{PanicReport, Trace};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use ringlog::{LogId, NodeId};
@@ -25,7 +30,8 @@ pub struct RunConfig {
     /// Simulated duration of the safety phase.
     pub safety_us: u64,
     /// Bound on the liveness phase: a proposal made after the heal must be
-    /// acknowledged within this long.
+    /// acknowledged within this long (scaled by the drawn election timeout
+    /// under swarm testing).
     pub liveness_us_max: u64,
     /// Bound on the convergence phase.
     pub convergence_us_max: u64,
@@ -36,13 +42,17 @@ pub struct RunConfig {
     pub read_us_mean: u64,
     pub opts: Options,
     pub timing: Timing,
-    /// Keep the nemesis log in the report (for replaying one seed).
+    /// Explain failures: keep the nemesis log, the configuration and the
+    /// last `trace_events` events of every layer in the report.
     pub trace: bool,
-    /// Swarm testing: draw batch sizes, pipeline windows and disk latency
-    /// from the seed too, so that different seeds explore different shapes
-    /// of the same protocol (a batch that ends just before a new leader's
-    /// barrier, a window of one, a slow disk).
+    pub trace_events: usize,
+    /// Swarm testing (`swarm.rs`): each seed draws its own configuration
+    /// and fault mix, so that different seeds explore different shapes of
+    /// the same protocol.
     pub swarm: bool,
+    /// Test only: server `.0`'s log panics when an append reaches entry
+    /// `.1` (shows how a panic in a server is reported).
+    pub inject_panic: Option<(NodeId, u64)>,
 }
 
 impl Default for RunConfig {
@@ -58,7 +68,27 @@ impl Default for RunConfig {
             opts: Options::default(),
             timing: Timing::default(),
             trace: false,
+            trace_events: crate::sim::trace::EVENTS_DEFAULT,
             swarm: true,
+            inject_panic: None,
+        }
+    }
+}
+
+impl RunConfig {
+    /// What `seed` runs with: the fixed configuration, or its swarm draw.
+    pub fn draw(&self, seed: u64) -> Draw {
+        let fixed = Draw::fixed(
+            self.nodes,
+            &self.opts,
+            &self.timing,
+            &self.faults,
+            &crate::sim::replicas::Workload::default(),
+        );
+        if self.swarm {
+            Draw::consensus(seed, fixed)
+        } else {
+            fixed
         }
     }
 }
@@ -73,7 +103,12 @@ pub struct RunReport {
     pub recovery_us: Option<u64>,
     pub core: Vec<NodeId>,
     pub sim_us: u64,
+    /// With `trace`: the configuration, the nemesis log, the last events
+    /// and the panic's backtrace, ready to print.
     pub trace: Vec<String>,
+    /// The configuration the seed ran with, in one line.
+    pub config: String,
+    pub panic: Option<PanicReport>,
 }
 
 impl RunReport {
@@ -83,31 +118,37 @@ impl RunReport {
 }
 
 /// Runs one seed; a panic inside the core or the simulator is reported as a
-/// violation of that seed.
+/// violation of that seed, at the simulated time and on the server where it
+/// happened, with its backtrace and the events that led to it.
 pub fn run_seed(seed: u64, cfg: &RunConfig) -> RunReport {
-    let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_seed_inner(seed, cfg)));
-    match result {
-        Ok(report) => report,
-        Err(payload) => {
-            let what = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            RunReport {
-                seed,
-                violations: vec![Violation {
-                    at_us: 0,
-                    what: format!("panic: {what}"),
-                }],
-                stats: Stats::default(),
-                recovery_us: None,
-                core: Vec::new(),
-                sim_us: 0,
-                trace: Vec::new(),
-            }
+    let draw = cfg.draw(seed);
+    let mut d = Driver::new(seed, cfg, &draw);
+    let outcome = crate::sim::trace::catch(|| d.phases());
+    let (recovery_us, core, panic) = match outcome {
+        Ok((recovery_us, core)) => (recovery_us, core, None),
+        Err(panic) => {
+            d.sim
+                .checker
+                .fail(format!("panic: {} (at {})", panic.message, panic.location));
+            (None, Vec::new(), Some(panic))
         }
+    };
+    let config = draw.describe();
+    let trace = if cfg.trace {
+        crate::sim::trace::explain(&config, &d.nemesis.log, &d.sim.trace, panic.as_ref())
+    } else {
+        Vec::new()
+    };
+    RunReport {
+        seed,
+        violations: d.sim.checker.violations.clone(),
+        stats: d.sim.stats.clone(),
+        recovery_us,
+        core,
+        sim_us: d.sim.now_us,
+        trace,
+        config,
+        panic,
     }
 }
 
@@ -120,6 +161,8 @@ struct Driver {
     sim: Sim,
     nemesis: Nemesis,
     cfg: RunConfig,
+    /// The liveness bound for this seed's election timeout.
+    liveness_us_max: u64,
     nemesis_on: bool,
     clients_on: bool,
     /// Clients send to these servers (all in the safety phase).
@@ -146,7 +189,7 @@ impl Driver {
                         self.flap_armed = true;
                         self.sim.set_timer(1, TIMER_FLAP);
                     }
-                    let delay = exp_delay(&mut self.sim, self.cfg.faults.interval_us_mean);
+                    let delay = exp_delay(&mut self.sim, self.nemesis.cfg.interval_us_mean);
                     self.sim.set_timer(delay, TIMER_NEMESIS);
                 }
                 TIMER_FLAP => {
@@ -251,141 +294,156 @@ impl Driver {
     }
 }
 
-fn swarm(seed: u64, cfg: &RunConfig) -> (crate::raft::Options, Timing) {
-    use rand::SeedableRng;
-    let mut opts = cfg.opts.clone();
-    let mut timing = cfg.timing.clone();
-    if cfg.swarm {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_5A44);
-        opts.batch_entries_max = *[1, 2, 3, 8, 64, 256].choose(&mut rng).expect("sizes");
-        opts.inflight_appends_max = *[1, 2, 4, 16].choose(&mut rng).expect("windows");
-        timing.sync_us_max = *[500, 2_000, 20_000].choose(&mut rng).expect("latencies");
-        timing.sync_us_min = timing.sync_us_min.min(timing.sync_us_max);
-    }
-    (opts, timing)
-}
-
-fn run_seed_inner(seed: u64, cfg: &RunConfig) -> RunReport {
-    let (opts, timing) = swarm(seed, cfg);
-    let mut sim = Sim::new(seed, cfg.nodes, opts, timing);
-    let client_targets = sim.ids();
-    sim.set_timer(1, TIMER_NEMESIS);
-    sim.set_timer(1, TIMER_CLIENT);
-    sim.set_timer(1, TIMER_READ);
-    let mut d = Driver {
-        sim,
-        nemesis: Nemesis::new(cfg.faults.clone()),
-        cfg: cfg.clone(),
-        nemesis_on: true,
-        clients_on: true,
-        client_targets,
-        flap_armed: false,
-        clients: vec![None; CLIENTS],
-        acked_seen: 0,
-    };
-
-    // Safety phase: random faults.
-    d.run(cfg.safety_us, |_| false);
-
-    // Liveness phase: heal a random connected core of 3+ live servers.
-    d.nemesis_on = false;
-    d.nemesis.destroy_on_ack = None;
-    let core = pick_core(&mut d.sim);
-    for &n in &core {
-        match d.sim.status(n) {
-            Status::Crashed => d.sim.restart(n),
-            Status::Paused => d.sim.resume(n),
-            _ => {}
-        }
-        for &m in &core {
-            if n != m {
-                *d.sim.net.link_mut(n, m) = Link::healthy();
+impl Driver {
+    fn new(seed: u64, cfg: &RunConfig, draw: &Draw) -> Driver {
+        let trace = if cfg.trace {
+            Trace::new(cfg.trace_events)
+        } else {
+            Trace::off()
+        };
+        let mut sim = Sim::build(
+            seed,
+            cfg.nodes,
+            draw.opts.clone(),
+            draw.timing.clone(),
+            draw.geometry,
+            trace,
+        );
+        sim.compact_entries = draw.compact_entries;
+        for (id, &rate) in sim.ids().into_iter().zip(&draw.clock_rates) {
+            if rate != 1.0 {
+                sim.set_clock_rate(id, rate);
             }
         }
-    }
-    d.nemesis.log.push(format!(
-        "{:>10}us liveness phase: core {core:?}",
-        d.sim.now_us
-    ));
-    d.client_targets = core.clone();
-    // Clients waiting on answers from before the heal retry at once.
-    d.clients.iter_mut().for_each(|c| *c = None);
-    let heal_us = d.sim.now_us;
-    let deadline = heal_us + cfg.liveness_us_max;
-    if cfg.trace {
-        let links = d.sim.describe_links();
-        d.nemesis.log.push(format!("links: {links}"));
-    }
-    let mut live = false;
-    while d.sim.now_us < deadline && !live {
-        let step_end = (d.sim.now_us + 10 * cfg.timing.tick_us).min(deadline);
-        live = d.run(step_end, |sim| {
-            sim.acked().iter().any(|a| a.created_us >= heal_us)
-        });
-        if cfg.trace {
-            let state = d.sim.describe();
-            d.nemesis
-                .log
-                .push(format!("{:>10}us {state}", d.sim.now_us));
+        if let Some((id, index)) = cfg.inject_panic {
+            sim.inject_panic_at(id, index);
+        }
+        let client_targets = sim.ids();
+        sim.set_timer(1, TIMER_NEMESIS);
+        sim.set_timer(1, TIMER_CLIENT);
+        sim.set_timer(1, TIMER_READ);
+        // The bound is in election timeouts: it scales with the drawn one.
+        let liveness_us_max = cfg.liveness_us_max * draw.opts.election_ticks_min as u64
+            / cfg.opts.election_ticks_min.max(1) as u64;
+        Driver {
+            sim,
+            nemesis: Nemesis::new(draw.faults.clone()),
+            cfg: cfg.clone(),
+            liveness_us_max: liveness_us_max.max(cfg.liveness_us_max),
+            nemesis_on: true,
+            clients_on: true,
+            client_targets,
+            flap_armed: false,
+            clients: vec![None; CLIENTS],
+            acked_seen: 0,
         }
     }
-    let recovery_us = if live {
-        d.sim
+
+    /// The three phases; returns the recovery time and the healed core.
+    fn phases(&mut self) -> (Option<u64>, Vec<NodeId>) {
+        // Safety phase: random faults.
+        self.run(self.cfg.safety_us, |_| false);
+        let (recovery_us, core) = self.liveness();
+        self.converge();
+        self.sim.check_acked();
+        (recovery_us, core)
+    }
+
+    /// Heals a random connected core of 3+ live servers; a proposal made
+    /// after the heal must be acknowledged within the bound.
+    fn liveness(&mut self) -> (Option<u64>, Vec<NodeId>) {
+        self.nemesis_on = false;
+        self.nemesis.destroy_on_ack = None;
+        let core = pick_core(&mut self.sim);
+        for &n in &core {
+            match self.sim.status(n) {
+                Status::Crashed => self.sim.restart(n),
+                Status::Paused => self.sim.resume(n),
+                _ => {}
+            }
+            for &m in &core {
+                if n != m {
+                    *self.sim.net.link_mut(n, m) = Link::healthy();
+                }
+            }
+        }
+        self.phase_note(format!("liveness phase: core {core:?}"));
+        self.client_targets = core.clone();
+        // Clients waiting on answers from before the heal retry at once.
+        self.clients.iter_mut().for_each(|c| *c = None);
+        let heal_us = self.sim.now_us;
+        let deadline = heal_us + self.liveness_us_max;
+        if self.cfg.trace {
+            let links = self.sim.describe_links();
+            self.nemesis.log.push(format!("links: {links}"));
+        }
+        let mut live = false;
+        while self.sim.now_us < deadline && !live {
+            let step_end = (self.sim.now_us + 10 * self.cfg.timing.tick_us).min(deadline);
+            live = self.run(step_end, |sim| {
+                sim.acked().iter().any(|a| a.created_us >= heal_us)
+            });
+            if self.cfg.trace {
+                let state = self.sim.describe();
+                self.nemesis
+                    .log
+                    .push(format!("{:>10}us {state}", self.sim.now_us));
+            }
+        }
+        if !live {
+            self.sim.checker.fail(format!(
+                "liveness: no proposal made after healing core {core:?} was acknowledged within {}us",
+                self.liveness_us_max
+            ));
+            return (None, core);
+        }
+        let recovery_us = self
+            .sim
             .acked()
             .iter()
             .filter(|a| a.created_us >= heal_us)
             .map(|a| a.acked_us - heal_us)
-            .min()
-    } else {
-        d.sim.checker.fail(format!(
-            "liveness: no proposal made after healing core {core:?} was acknowledged within {}us",
-            cfg.liveness_us_max
-        ));
-        None
-    };
+            .min();
+        (recovery_us, core)
+    }
 
-    // Convergence phase: heal everything; every survivor must catch up.
-    d.clients_on = false;
-    d.sim.net.heal_all();
-    for n in d.sim.alive() {
-        match d.sim.status(n) {
-            Status::Crashed => d.sim.restart(n),
-            Status::Paused => d.sim.resume(n),
-            _ => {}
+    /// Heals everything; every survivor must catch up.
+    fn converge(&mut self) {
+        self.clients_on = false;
+        self.sim.net.heal_all();
+        for n in self.sim.alive() {
+            match self.sim.status(n) {
+                Status::Crashed => self.sim.restart(n),
+                Status::Paused => self.sim.resume(n),
+                _ => {}
+            }
+        }
+        self.phase_note("convergence phase: everything healed".into());
+        let target = self.sim.acked_max_index();
+        let deadline = self.sim.now_us + self.cfg.convergence_us_max;
+        let converged = self.run(deadline, |sim| {
+            let alive = sim.alive();
+            let first = sim.applied(alive[0]);
+            first.index >= target && alive.iter().all(|&n| sim.applied(n) == first)
+        });
+        if !converged {
+            let applied: Vec<_> = self
+                .sim
+                .alive()
+                .iter()
+                .map(|&n| (n, self.sim.applied(n).index))
+                .collect();
+            self.sim.checker.fail(format!(
+                "convergence: survivors did not catch up within the bound: {applied:?}"
+            ));
         }
     }
-    let target = d.sim.acked_max_index();
-    let deadline = d.sim.now_us + cfg.convergence_us_max;
-    let converged = d.run(deadline, |sim| {
-        let alive = sim.alive();
-        let first = sim.applied(alive[0]);
-        first.index >= target && alive.iter().all(|&n| sim.applied(n) == first)
-    });
-    if !converged {
-        let applied: Vec<_> = d
-            .sim
-            .alive()
-            .iter()
-            .map(|&n| (n, d.sim.applied(n).index))
-            .collect();
-        d.sim.checker.fail(format!(
-            "convergence: survivors did not catch up within the bound: {applied:?}"
-        ));
-    }
-    d.sim.check_acked();
 
-    RunReport {
-        seed,
-        violations: d.sim.checker.violations.clone(),
-        stats: d.sim.stats.clone(),
-        recovery_us,
-        core,
-        sim_us: d.sim.now_us,
-        trace: if cfg.trace {
-            d.nemesis.log.clone()
-        } else {
-            Vec::new()
-        },
+    /// A line in the nemesis log and the trace.
+    fn phase_note(&mut self, what: String) {
+        let now = self.sim.now_us;
+        self.nemesis.log.push(format!("{now:>10}us {what}"));
+        self.sim.trace.record(now, None, "phase", || what);
     }
 }
 
@@ -394,10 +452,16 @@ fn pick_core(sim: &mut Sim) -> Vec<NodeId> {
     let mut alive = sim.alive();
     alive.shuffle(&mut sim.rng);
     let quorum = sim.ids().len() / 2 + 1;
-    assert!(
-        alive.len() >= quorum,
-        "the nemesis destroys at most a minority"
-    );
+    if alive.len() < quorum {
+        // The nemesis destroys a minority at most: servers that could not
+        // restart (already a violation) took the rest.
+        sim.checker.fail(format!(
+            "only {} servers left for the liveness phase: no quorum",
+            alive.len()
+        ));
+        alive.sort_unstable();
+        return alive;
+    }
     let size = sim.rng.gen_range(quorum..=alive.len());
     let mut core: Vec<NodeId> = alive.into_iter().take(size).collect();
     core.sort_unstable();
