@@ -70,17 +70,11 @@ fn in_namespace(
     mutation: Option<&str>,
     fault: impl FnOnce(&Netns, &LocalCluster) + Send,
 ) -> Option<Findings> {
-    if let Err(why) = available() {
-        eprintln!("SKIP {name}: {why}");
-        return None;
-    }
-    let ns = match Netns::create(&format!("bk-{name}")) {
-        Ok(ns) => ns,
-        Err(e) => {
-            eprintln!("SKIP {name}: cannot create a network namespace here: {e}");
-            return None;
-        }
-    };
+    testenv::require(available())?;
+    let ns = testenv::require(
+        Netns::create(&format!("bk-{name}"))
+            .map_err(|e| format!("cannot create a network namespace here: {e}")),
+    )?;
     std::thread::scope(|s| {
         s.spawn(|| {
             ns.enter_this_thread().expect("enter the namespace");
@@ -285,8 +279,7 @@ fn the_suite_catches_responses_released_before_commit() {
 /// stop for any other reason.
 #[test]
 fn full_disk_on_the_leader_then_on_a_follower() {
-    if let Err(why) = bunker::faultdisk::available() {
-        eprintln!("SKIP full disk: {why}");
+    if testenv::require(bunker::faultdisk::available()).is_none() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -372,8 +365,7 @@ fn note_exits(c: &mut LocalCluster, failures: &mut Vec<String>) -> usize {
 /// `bunker::nemesis` restricted to `faults` for one epoch of `seconds`:
 /// each fault drawn several times, with every check at the end.
 fn nemesis(faults: Vec<FaultKind>, seconds: u64, seed: u64) {
-    if let Err(why) = available() {
-        eprintln!("SKIP nemesis {faults:?}: {why}");
+    if testenv::require(available()).is_none() {
         return;
     }
     let opts = NemesisOptions {
