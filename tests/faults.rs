@@ -1,4 +1,4 @@
-//! Fault injection against real processes (issue 7, first scenarios): five
+//! Fault injection against real processes: five
 //! `bunker serve` processes inside a network namespace this test creates,
 //! each on its own loopback address, with iptables rules inside that
 //! namespace cutting or thinning the links between them, while clients make
@@ -7,9 +7,11 @@
 //! conserved, replicas byte-identical, and commands answered while a
 //! majority could talk.
 //!
-//! Needs root, `ip` and `iptables` (CI installs them); without them each
-//! test says why and skips. Every wait is bounded; no rule touches the
-//! host's network.
+//! Needs root, `ip` and `iptables`, and for the full-disk test `mkfs.ext4`
+//! and loop devices (CI installs them); without them each test records a
+//! skip with the reason (`testenv`: counted when the binary exits, a
+//! failure under BUNKER_REQUIRE_ALL=1). Every wait is bounded; no rule
+//! touches the host's network.
 
 use bunker::check::Op;
 use bunker::client::BlockingClient;

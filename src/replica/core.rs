@@ -910,7 +910,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
                 }
                 if committed.is_none() {
                     // Expired (or never opened): running the command could
-                    // run a retry a second time (BRIEF I4).
+                    // run a retry a second time (I4).
                     self.reply(&request, Reply::SessionExpired);
                     continue;
                 }
@@ -1153,7 +1153,8 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
     }
 
     /// Answers `waiters` with `reply` once a quorum check started now has
-    /// passed and entries up to `after_index` are applied (BRIEF I5).
+    /// passed and entries up to `after_index` are applied (I5: no stale
+    /// answers).
     fn reply_after_quorum(
         &mut self,
         waiters: Vec<(u64, ClientId, u64)>,
