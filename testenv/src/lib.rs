@@ -4,7 +4,7 @@
 //!
 //! Every test that depends on something optional asks this crate first:
 //!
-//! ```ignore
+//! ```text
 //! if testenv::require(bunker::faultnet::available()).is_none() {
 //!     return;
 //! }
