@@ -1,6 +1,6 @@
 //! Disk faults for real processes: a small ext4 filesystem on a loop
 //! device of its own, mounted where one server keeps its data, that the
-//! fault-injection suite fills to the last block and then frees (issue 7).
+//! fault-injection suite fills to the last block and then frees.
 //!
 //! What it does: creates a sparse image file, formats it (`mkfs.ext4`),
 //! mounts it with `mount -o loop` at a directory, fills it with a filler

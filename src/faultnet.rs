@@ -1,5 +1,6 @@
 //! Network faults for real processes: a private network namespace and
-//! iptables rules inside it (the fault-injection suite, issue 7).
+//! iptables rules inside it (the fault-injection suite, `tests/faults.rs`,
+//! and the nemesis).
 //!
 //! What it does: creates a network namespace of its own (`ip netns add`),
 //! brings its loopback up, lets a thread enter it (`setns`) so that the

@@ -1,4 +1,4 @@
-//! The randomized nemesis (issue 7): five real `bunker serve` processes in
+//! The randomized nemesis: five real `bunker serve` processes in
 //! a network namespace of their own, a seeded sequence of faults against
 //! them while clients transfer money, and every check of the history after
 //! each epoch.

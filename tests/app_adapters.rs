@@ -162,18 +162,10 @@ while True:
     out.flush()
 "#;
 
+/// `python3`, or a recorded skip: the serve-mode test application is a
+/// python script.
 fn python() -> Option<&'static str> {
-    let ok = std::process::Command::new("python3")
-        .arg("-c")
-        .arg("pass")
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!(
-            "SKIP: python3 is not installed (the serve-mode test application is a python script)"
-        );
-    }
-    ok.then_some("python3")
+    testenv::require(testenv::tool("python3", "--version", "python3")).map(|()| "python3")
 }
 
 #[test]
@@ -254,7 +246,7 @@ fn the_sandbox_refuses_writes_outside_the_working_copy() {
     let mut h = Harness::new(cfg);
     let outcome = h.run("x", dir.path());
     if !bunker::app::sandbox::supported() {
-        eprintln!("SKIP: this kernel does not enforce Landlock");
+        testenv::skip("this kernel does not enforce Landlock");
         return;
     }
     let (_, body) = done(&outcome);

@@ -150,7 +150,7 @@ fn a_client_certificate_from_another_ca_is_refused() {
     assert_eq!(call(&mut client, "audit")["ok"], true);
 }
 
-/// Exactly once across client processes (BRIEF I4): a command sent again
+/// Exactly once across client processes (invariant I4): a command sent again
 /// as the same sequence of the same session (what `bunker exec --session
 /// ID:SEQ` does after an unknown outcome) gets the stored response and does
 /// not run again; a session the cluster never opened (or expired) is

@@ -1,4 +1,4 @@
-//! Fault injection against real processes (issue 7, first scenarios): five
+//! Fault injection against real processes: five
 //! `bunker serve` processes inside a network namespace this test creates,
 //! each on its own loopback address, with iptables rules inside that
 //! namespace cutting or thinning the links between them, while clients make
@@ -7,9 +7,11 @@
 //! conserved, replicas byte-identical, and commands answered while a
 //! majority could talk.
 //!
-//! Needs root, `ip` and `iptables` (CI installs them); without them each
-//! test says why and skips. Every wait is bounded; no rule touches the
-//! host's network.
+//! Needs root, `ip` and `iptables`, and for the full-disk test `mkfs.ext4`
+//! and loop devices (CI installs them); without them each test records a
+//! skip with the reason (`testenv`: counted when the binary exits, a
+//! failure under BUNKER_REQUIRE_ALL=1). Every wait is bounded; no rule
+//! touches the host's network.
 
 use bunker::check::Op;
 use bunker::client::BlockingClient;
@@ -70,17 +72,11 @@ fn in_namespace(
     mutation: Option<&str>,
     fault: impl FnOnce(&Netns, &LocalCluster) + Send,
 ) -> Option<Findings> {
-    if let Err(why) = available() {
-        eprintln!("SKIP {name}: {why}");
-        return None;
-    }
-    let ns = match Netns::create(&format!("bk-{name}")) {
-        Ok(ns) => ns,
-        Err(e) => {
-            eprintln!("SKIP {name}: cannot create a network namespace here: {e}");
-            return None;
-        }
-    };
+    testenv::require(available())?;
+    let ns = testenv::require(
+        Netns::create(&format!("bk-{name}"))
+            .map_err(|e| format!("cannot create a network namespace here: {e}")),
+    )?;
     std::thread::scope(|s| {
         s.spawn(|| {
             ns.enter_this_thread().expect("enter the namespace");
@@ -285,8 +281,7 @@ fn the_suite_catches_responses_released_before_commit() {
 /// stop for any other reason.
 #[test]
 fn full_disk_on_the_leader_then_on_a_follower() {
-    if let Err(why) = bunker::faultdisk::available() {
-        eprintln!("SKIP full disk: {why}");
+    if testenv::require(bunker::faultdisk::available()).is_none() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -372,8 +367,7 @@ fn note_exits(c: &mut LocalCluster, failures: &mut Vec<String>) -> usize {
 /// `bunker::nemesis` restricted to `faults` for one epoch of `seconds`:
 /// each fault drawn several times, with every check at the end.
 fn nemesis(faults: Vec<FaultKind>, seconds: u64, seed: u64) {
-    if let Err(why) = available() {
-        eprintln!("SKIP nemesis {faults:?}: {why}");
+    if testenv::require(available()).is_none() {
         return;
     }
     let opts = NemesisOptions {
@@ -507,11 +501,12 @@ fn kv_clients(
 /// value, the replicas' committed files are byte-identical, and no server
 /// stopped on its own.
 fn kv_scenario(name: &str, app: AppSpec) {
-    if let Err(why) = available() {
-        eprintln!("SKIP {name}: {why}");
+    if testenv::require(available()).is_none() {
         return;
     }
-    let ns = Netns::create(&format!("bk-{name}")).expect("namespace");
+    let Some(ns) = testenv::require(Netns::create(&format!("bk-{name}"))) else {
+        return;
+    };
     std::thread::scope(|s| {
         s.spawn(|| {
             ns.enter_this_thread().expect("enter the namespace");
@@ -593,12 +588,13 @@ fn lmdb_in_writemap_mode() {
     let python = "/usr/bin/python3";
     let has_lmdb = std::process::Command::new(python)
         .args(["-c", "import lmdb"])
+        .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !has_lmdb {
-        eprintln!(
-            "SKIP lmdb: {python} with the lmdb module is not installed (Debian: python3-lmdb)"
-        );
+        testenv::skip(format!(
+            "{python} with the lmdb module is not installed (Debian: python3-lmdb)"
+        ));
         return;
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/lmdb_kv.py");

@@ -1,4 +1,5 @@
-//! Named scenarios for the replication pipeline (BRIEF §4 and issue 5),
+//! Named scenarios for the replication pipeline (the fault model of
+//! docs/REQUIREMENTS.md),
 //! scripted against whole simulated servers running the ledger. Each runs
 //! every checker: consensus safety after every event, identical committed
 //! trees and the client history (I1 to I5) at the end. The `*_is_caught`
@@ -133,7 +134,7 @@ fn two_servers_destroyed_at_once_right_after_a_response() {
 /// A client's command commits and is answered, the answer is lost, and
 /// the client is then silent while enough new sessions open that the
 /// leader expires its session (the table is bounded). Its retry must be
-/// refused (`SessionExpired`), not run a second time (BRIEF I4). Replica
+/// refused (`SessionExpired`), not run a second time (I4). Replica
 /// seed 2065 found the double run: the table had forgotten the client,
 /// so the retry looked like a new command.
 fn retry_after_expiry(mutation: ReplicaMutation) -> (Vec<String>, bool) {

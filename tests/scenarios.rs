@@ -1,6 +1,6 @@
-//! Named scenarios: the fault patterns of BRIEF §4, scripted by hand
-//! against the real consensus core in the deterministic simulator. Each test
-//! checks its own expectations, and every checker of the simulator runs
+//! Named scenarios: the fault patterns of docs/REQUIREMENTS.md, scripted by
+//! hand against the real consensus core in the deterministic simulator. Each
+//! test checks its own expectations, and every checker of the simulator runs
 //! under it (election safety, log matching, leader completeness, state
 //! machine safety, durable hard state, linearizable reads).
 //!

@@ -7,6 +7,10 @@
 //! - The core does not `unwrap()` (internal invariants use `assert!` or
 //!   `expect` with the invariant's name; peer input is validated).
 //! - Every module starts with a `//!` comment.
+//! - Code, comments and docs stay inside the repository: no pointer to
+//!   files a clone does not have, no talk of numbered work items ("issue
+//!   7") where the code itself should be described (docs/REQUIREMENTS.md
+//!   holds the requirements).
 
 use std::path::{Path, PathBuf};
 
@@ -149,5 +153,104 @@ fn every_module_says_what_it_does() {
         missing.is_empty(),
         "modules without a //! doc comment:\n{}",
         missing.join("\n")
+    );
+}
+
+/// Files whose text is checked for references outside the repository.
+fn text_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            if path.is_dir() {
+                if name != "target" && name != ".git" {
+                    stack.push(path);
+                }
+            } else if path.extension().is_some_and(|e| {
+                ["rs", "md", "toml", "service", "yml", "sh"].contains(&e.to_str().unwrap_or(""))
+            }) || name == "run"
+            {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Lines of `text` that point outside the repository or name a numbered
+/// work item instead of describing the code.
+fn outside_references(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let lower = line.to_lowercase();
+        let pointer = ["../shared", "brief.md", "seed.txt"]
+            .iter()
+            .any(|p| lower.contains(*p))
+            || lower.match_indices("brief ").any(|(at, _)| {
+                let rest = &lower[at + "brief ".len()..];
+                rest.starts_with('§')
+                    || rest
+                        .strip_prefix('i')
+                        .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+            });
+        let work_item = lower.match_indices("issue").any(|(at, _)| {
+            let rest = lower[at + "issue".len()..].trim_start_matches('s');
+            let rest = rest.trim_start_matches([' ', '#']);
+            rest.starts_with(|c: char| c.is_ascii_digit())
+        });
+        if pointer || work_item {
+            out.push((number + 1, line.trim().to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn outside_references_are_caught() {
+    for bad in [
+        "see ../shared/seed.txt",
+        "//! The delta engine (issue 4): turns",
+        "built (issues 5 and 7)",
+        "(BRIEF I4)",
+        "fixes issue #12",
+    ] {
+        assert_eq!(outside_references(bad).len(), 1, "{bad}");
+    }
+    for fine in [
+        "the I/O thread issues each stage's writes",
+        "invariant I4 (docs/REQUIREMENTS.md)",
+        "a brief pause",
+        "a brief introduction",
+    ] {
+        assert!(outside_references(fine).is_empty(), "{fine}");
+    }
+}
+
+#[test]
+fn code_and_docs_stay_inside_the_repository() {
+    let this_file = root().join("tests/tidy.rs");
+    let mut found = Vec::new();
+    for file in text_files(&root()) {
+        if file == this_file {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        for (line, what) in outside_references(&text) {
+            found.push(format!("{}:{line}: {what}", file.display()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "references outside the repository or to numbered work items \
+         (describe the code; requirements are in docs/REQUIREMENTS.md):\n{}",
+        found.join("\n")
     );
 }

@@ -194,10 +194,15 @@ fn exec_killed_at(strace: &str, dir: &Path, stdin: &str, syscall: &str, nth: usi
     }
 }
 
-fn strace_path() -> Option<&'static str> {
+/// The strace executable, or why there is none.
+fn strace_path() -> Result<&'static str, String> {
     ["/usr/bin/strace", "/bin/strace"]
         .into_iter()
-        .find(|p| Path::new(p).exists())
+        .find(|p| testenv::tool(p, "-V", "strace").is_ok())
+        .ok_or_else(|| {
+            "strace does not run here (apt-get install strace); the random-kill tests still run"
+                .to_string()
+        })
 }
 
 /// Deterministic crash points: kill `exec` at every write SQLite makes while
@@ -208,8 +213,7 @@ fn strace_path() -> Option<&'static str> {
 /// whenever the kill came after the commit point.
 #[test]
 fn kill_at_every_write_of_a_commit() {
-    let Some(strace) = strace_path() else {
-        eprintln!("strace is not installed: the random-kill tests above still run");
+    let Some(strace) = testenv::require(strace_path()) else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");

@@ -10,8 +10,8 @@
 //! prints throughput, hdrhistogram percentiles and the ratio
 //! five-server / one-server. JSON with every figure goes to `--json`.
 //!
-//! What it does not do: compare with other systems (`bunker-bench anchors`,
-//! a later issue) or inject faults.
+//! What it does not do: compare with other systems (`bunker-bench anchors`
+//! does) or inject faults.
 
 use crate::anchors::{closed_loop, Conn, Loop};
 use bunker::client::{BlockingClient, ClientConfig};

@@ -1,8 +1,11 @@
 //! `bunker-bench anchors --smoke` end to end: every system starts, serves
 //! its clients, fails over where it has a leader, and the table, JSON and
-//! plots are written. Skips a system only when it cannot be installed
-//! (the harness says why); CI installs PostgreSQL and etcd so that nothing
-//! skips there. No figures are asserted (the machines are shared).
+//! plots are written. The test installs nothing (`--no-install`): without
+//! PostgreSQL 15 or etcd (Debian's `postgresql-15`, `etcd-server`) the
+//! harness says why it did not measure them, and the test records a skip
+//! for each (`testenv`; CI installs both and sets BUNKER_REQUIRE_ALL, so
+//! that nothing skips there). No figures are asserted (the machines are
+//! shared).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -12,15 +15,15 @@ fn anchors_smoke_run_writes_the_table_and_the_plots() {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_bunker-bench"));
     let bunker = exe.with_file_name("bunker");
     if !bunker.exists() {
-        eprintln!(
-            "SKIP: {} is not built (cargo test --workspace builds it)",
+        testenv::skip(format!(
+            "{} is not built (cargo test --workspace builds it)",
             bunker.display()
-        );
+        ));
         return;
     }
     let out = tempfile::tempdir().expect("tempdir");
     let run = Command::new(&exe)
-        .args(["anchors", "--smoke", "--out"])
+        .args(["anchors", "--smoke", "--no-install", "--out"])
         .arg(out.path())
         .output()
         .expect("run bunker-bench");
@@ -41,15 +44,21 @@ fn anchors_smoke_run_writes_the_table_and_the_plots() {
             "{system} missing:\n{table}"
         );
     }
-    // PostgreSQL and etcd are measured unless they could not be installed.
+    // PostgreSQL and etcd are measured unless they are not installed.
     for (system, row) in [
         ("postgres", "| postgres-sync-any2 |"),
         ("etcd", "| etcd-5 |"),
     ] {
-        assert!(
-            table.contains(row) || table.contains(&format!("Not measured: {system}:")),
-            "{system} neither measured nor explained:\n{table}"
-        );
+        let why = format!("Not measured: {system}:");
+        if let Some(line) = table.lines().find(|l| l.starts_with(&why)) {
+            let reason = line.trim_start_matches("Not measured: ");
+            testenv::skip(format!("anchors did not measure {reason}"));
+        } else {
+            assert!(
+                table.contains(row),
+                "{system} neither measured nor explained:\n{table}"
+            );
+        }
     }
     assert!(table.contains("Failover"), "{table}");
     for plot in ["latency-p50.svg", "latency-p99.svg"] {

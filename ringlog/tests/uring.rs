@@ -28,12 +28,9 @@ fn direct_dir() -> Result<tempfile::TempDir, String> {
 
 macro_rules! require_direct_dir {
     () => {
-        match direct_dir() {
-            Ok(dir) => dir,
-            Err(why) => {
-                eprintln!("SKIPPED: {why}");
-                return;
-            }
+        match testenv::require(direct_dir()) {
+            Some(dir) => dir,
+            None => return,
         }
     };
 }
@@ -162,11 +159,12 @@ fn an_event_loop_learns_durability_from_the_completion_channel() {
 fn o_direct_refused_by_tmpfs_is_a_clear_error() {
     let shm = Path::new("/dev/shm");
     if !shm.is_dir() {
-        eprintln!("SKIPPED: /dev/shm does not exist");
+        testenv::skip("/dev/shm does not exist");
         return;
     }
-    if let Err(why) = io_uring_available() {
-        eprintln!("SKIPPED: io_uring unavailable: {why}");
+    if testenv::require(io_uring_available().map_err(|e| format!("io_uring unavailable: {e}")))
+        .is_none()
+    {
         return;
     }
     let dir = tempfile::tempdir_in(shm).unwrap();

@@ -1,4 +1,5 @@
-//! History checker for the fault-injection suite (issue 7).
+//! History checker for the fault-injection suite (`tests/faults.rs`) and
+//! the nemesis.
 //!
 //! What it does: loads a recorded client history of the example accounts
 //! application ([`history`]), resolves operations whose outcome the client never

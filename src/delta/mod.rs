@@ -1,4 +1,4 @@
-//! The delta engine (issue 4): turns "a command ran in the application's
+//! The delta engine: turns "a command ran in the application's
 //! directory" into an idempotent, checksummed, verifiable delta; applies it
 //! crash-safely on every server; rolls a leader's working copy back; streams
 //! consistent snapshots. docs/DELTA.md is the design document.

@@ -1219,7 +1219,8 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
     }
 
     /// Answers `waiters` with `reply` once a quorum check started now has
-    /// passed and entries up to `after_index` are applied (BRIEF I5).
+    /// passed and entries up to `after_index` are applied (I5: no stale
+    /// answers).
     fn reply_after_quorum(
         &mut self,
         waiters: Vec<(u64, ClientId, u64)>,
@@ -1271,7 +1272,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         }
     }
 
-    /// Output commit (BRIEF I1): entries up to `index` are committed (on a
+    /// Output commit (invariant I1, docs/REQUIREMENTS.md): entries up to `index` are committed (on a
     /// majority, durably, and in this leader's term for its own entries):
     /// their responses leave now, before this server applies them. The
     /// response was computed when the command ran; applying it changes no

@@ -1,7 +1,7 @@
 //! The replication pipeline: one server's replica of the application,
 //! joining the consensus core, the delta engine and the application.
 //!
-//! What it does (BRIEF §5, "Leader pipeline"; invariants I1 to I5):
+//! What it does (invariants I1 to I5 of docs/REQUIREMENTS.md):
 //! - the leader barrier: a new leader commits an entry of its own term and
 //!   has applied everything committed before it executes anything;
 //! - serial speculative execution: the leader runs commands one after

@@ -1,5 +1,5 @@
 //! Client sessions: exactly-once execution across retries and failovers
-//! (BRIEF I4).
+//! (invariant I4, docs/REQUIREMENTS.md).
 //!
 //! What it does: keeps, for each client, the sequence number and response
 //! of its last command that changed the state. The table is part of the

@@ -1,4 +1,5 @@
-//! The client-visible history and its checker (BRIEF I1, I3, I4, I5).
+//! The client-visible history and its checker (invariants I1, I3, I4 and I5
+//! of docs/REQUIREMENTS.md).
 //!
 //! What it does: records every client operation (invocation, completion,
 //! response) and every committed command entry (in log order, with the

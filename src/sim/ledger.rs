@@ -14,7 +14,7 @@
 //! total of all balances changes only by deposits. Every response states
 //! the balances it saw before and left after, which lets the history
 //! checker verify that each command ran on exactly the committed state that
-//! precedes it (BRIEF I3) and that every read matches a committed state.
+//! precedes it (invariant I3, docs/REQUIREMENTS.md) and that every read matches a committed state.
 //!
 //! What it does not do: anything outside its directory, or anything between
 //! commands.

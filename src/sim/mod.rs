@@ -3,7 +3,8 @@
 //! What it does: runs five (or any small number of) servers built from the
 //! real consensus core over simulated logs, a simulated network and
 //! simulated clocks, all driven by one seeded event queue, so that one seed
-//! reproduces a whole run. It injects the faults of BRIEF §4 (`nemesis`),
+//! reproduces a whole run. It injects the faults of the fault model
+//! (docs/REQUIREMENTS.md; `nemesis`),
 //! checks the Raft safety properties after every event (`checker`), and
 //! runs each seed through a safety phase, a liveness phase and a
 //! convergence phase (`run`). Scenario tests script faults by hand through
@@ -24,7 +25,7 @@
 //! - `replicas`, `replica_run`: the same for whole replicas (consensus,
 //!   ringlog, delta engine, pipeline) running the simulated `ledger`
 //!   application, with clients that retry; `history` checks what the
-//!   clients saw (BRIEF I1 to I5);
+//!   clients saw (invariants I1 to I5, docs/REQUIREMENTS.md);
 //! - `trace`: the flight recorder both simulators write to (the last
 //!   events of every layer, frozen at the first violation) and the capture
 //!   of panics (message, location, backtrace) with the run's state intact;

@@ -1,5 +1,5 @@
-//! The nemesis: random faults from the fault model of BRIEF §4, chosen by
-//! the run's seed.
+//! The nemesis: random faults from the fault model (docs/REQUIREMENTS.md),
+//! chosen by the run's seed.
 //!
 //! What it does: at random intervals it changes the network (loss,
 //! duplication, delay, clean and partial partitions, one-way links,

@@ -21,7 +21,7 @@
 //!
 //! What it does not do: change what the run does with its draws (a seed
 //! with its configuration replays exactly), or draw anything that can
-//! break an invariant by itself (the fault model stays that of BRIEF §4:
+//! break an invariant by itself (the fault model stays that of docs/REQUIREMENTS.md:
 //! at most two servers destroyed, everything healed for liveness).
 //!
 //! Invariants: the draw depends only on the seed and the base

@@ -1,10 +1,24 @@
 //! etcd 3.4 as an anchors system: five members on loopback (Debian's
-//! `etcd-server`), each client a gRPC connection (`etcd-client`) putting
-//! 256-byte values under its own keys. etcd syncs its WAL before it
-//! answers; its timing is etcd's default (100 ms heartbeat, 1 s election
-//! timeout), what a user gets without tuning.
+//! `etcd-server`), each client putting 256-byte values under its own keys.
+//! etcd syncs its WAL before it answers; its timing is etcd's default (100
+//! ms heartbeat, 1 s election timeout), what a user gets without tuning.
+//!
+//! The clients talk to etcd through its JSON gateway, which etcd 3.4 serves
+//! on every client URL: `POST /v3/kv/put` with the key and value in base64,
+//! over one kept-alive HTTP/1.1 connection per client (`http.rs`). Client
+//! `c` talks to member `c % 5`; a member that does not lead forwards the
+//! put to the leader, as it does for a gRPC client whose requests are
+//! spread over the members. Not gRPC, because a gRPC client crate needs
+//! `protoc` to build and the default build needs nothing beyond a Rust
+//! toolchain and a C compiler. The gateway turns each request into a gRPC
+//! call to its own member over loopback, which adds some time per request
+//! (measured in docs/PERFORMANCE.md).
 
+use super::http::HttpConn;
 use super::{ensure_installed, free_ports, wait_until, Conn, Skip, System};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +28,8 @@ const MEMBERS: usize = 5;
 /// The failover prober's limit per put: short, so that the measured time
 /// is etcd's election and not a client's timeout.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+/// The limit of one request while the harness waits for a member.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Etcd {
     dir: PathBuf,
@@ -37,23 +53,19 @@ impl Etcd {
         for i in 0..MEMBERS {
             e.spawn(i)?;
         }
-        let endpoints = e.endpoints();
+        let addrs = e.addrs();
         wait_until("etcd cluster", Duration::from_secs(60), || {
-            block_on(async {
-                let mut c = etcd_client::Client::connect(&endpoints, None).await.ok()?;
-                c.put("bench-ready", "1", None).await.ok()
-            })
-            .ok()
-            .flatten()
-            .is_some()
+            let mut c = HttpConn::new(addrs[0], SETUP_TIMEOUT);
+            put(&mut c, b"bench-ready", b"1").is_ok()
         })?;
         Ok(e)
     }
 
-    fn endpoints(&self) -> Vec<String> {
+    /// The members' client addresses (where the gateway listens).
+    fn addrs(&self) -> Vec<SocketAddr> {
         self.client_ports
             .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
+            .map(|&p| SocketAddr::from((Ipv4Addr::LOCALHOST, p)))
             .collect()
     }
 
@@ -92,39 +104,24 @@ impl Etcd {
         Ok(())
     }
 
-    fn conn(
-        &self,
-        client: usize,
-        timeout: Duration,
-        prober: bool,
-    ) -> Result<Box<dyn Conn>, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let endpoints = self.endpoints();
-        let c = rt
-            .block_on(etcd_client::Client::connect(&endpoints, None))
-            .map_err(|e| e.to_string())?;
-        Ok(Box::new(EtcdConn {
-            rt,
-            client: c,
+    fn conn(&self, client: usize, timeout: Duration, prober: bool) -> Box<dyn Conn> {
+        let addrs = self.addrs();
+        let member = client % addrs.len();
+        Box::new(EtcdConn {
+            http: HttpConn::new(addrs[member], timeout),
+            addrs,
+            member,
             id: client,
             timeout,
-            endpoints: prober.then_some(endpoints),
-        }))
+            prober,
+        })
     }
 
     /// The member that says it is the leader.
     fn leader(&self) -> Result<usize, String> {
-        let endpoints = self.endpoints();
-        for (i, ep) in endpoints.iter().enumerate() {
-            let status = block_on(async {
-                let mut c = etcd_client::Client::connect([ep.as_str()], None).await?;
-                c.status().await
-            })?;
-            if let Ok(s) = status {
-                if s.header().map(|h| h.member_id()) == Some(s.leader()) {
+        for (i, &addr) in self.addrs().iter().enumerate() {
+            if let Ok(s) = status(addr) {
+                if s.member_id.is_some() && s.member_id == s.leader {
                     return Ok(i);
                 }
             }
@@ -133,45 +130,63 @@ impl Etcd {
     }
 }
 
-/// Runs a future on a small runtime of the calling thread.
-fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+/// Puts `value` under `key` on the connection's member.
+fn put(c: &mut HttpConn, key: &[u8], value: &[u8]) -> Result<(), String> {
+    let body = serde_json::json!({
+        "key": BASE64.encode(key),
+        "value": BASE64.encode(value),
+    })
+    .to_string();
+    c.post_json("/v3/kv/put", body.as_bytes())
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// What a member says about itself (`/v3/maintenance/status`): its id
+/// and its leader's. The gateway writes 64-bit ids as JSON strings.
+struct Status {
+    member_id: Option<String>,
+    leader: Option<String>,
+}
+
+fn status(addr: SocketAddr) -> Result<Status, String> {
+    let mut c = HttpConn::new(addr, SETUP_TIMEOUT);
+    let body = c
+        .post_json("/v3/maintenance/status", b"{}")
         .map_err(|e| e.to_string())?;
-    Ok(rt.block_on(f))
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("{addr}: status: {e}"))?;
+    let id = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    Ok(Status {
+        member_id: id(&v["header"]["member_id"]),
+        leader: id(&v["leader"]),
+    })
 }
 
 struct EtcdConn {
-    rt: tokio::runtime::Runtime,
-    client: etcd_client::Client,
+    http: HttpConn,
+    addrs: Vec<SocketAddr>,
+    member: usize,
     id: usize,
-    /// Per-put limit; a prober also reconnects after each failure (the
-    /// gRPC channel may stay pinned to a dead member).
+    /// Per-request limit (connect, send, answer).
     timeout: Duration,
-    endpoints: Option<Vec<String>>,
+    /// A prober moves to the next member after a failure (its member may
+    /// be the leader that was killed).
+    prober: bool,
 }
 
 impl Conn for EtcdConn {
     fn write(&mut self, seq: u64) -> Result<(), String> {
         let key = format!("bench/{}/{seq}", self.id);
         let value = super::payload(self.id, seq);
-        let client = &mut self.client;
-        let limit = self.timeout;
-        let timed = async { tokio::time::timeout(limit, client.put(key, value, None)).await };
-        let result = match self.rt.block_on(timed) {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("put timed out after {} ms", limit.as_millis())),
-        };
-        if let (Err(_), Some(endpoints)) = (&result, &self.endpoints) {
-            let connect = etcd_client::Client::connect(endpoints, None);
-            if let Ok(Ok(c)) = self
-                .rt
-                .block_on(async { tokio::time::timeout(limit, connect).await })
-            {
-                self.client = c;
-            }
+        let result = put(&mut self.http, key.as_bytes(), &value);
+        if result.is_err() && self.prober {
+            self.member = (self.member + 1) % self.addrs.len();
+            self.http = HttpConn::new(self.addrs[self.member], self.timeout);
         }
         result
     }
@@ -183,11 +198,11 @@ impl System for Etcd {
     }
 
     fn connect(&self, client: usize) -> Result<Box<dyn Conn>, String> {
-        self.conn(client, Duration::from_secs(5), false)
+        Ok(self.conn(client, Duration::from_secs(5), false))
     }
 
     fn connect_prober(&self, client: usize) -> Result<Box<dyn Conn>, String> {
-        self.conn(client, PROBE_TIMEOUT, true)
+        Ok(self.conn(client, PROBE_TIMEOUT, true))
     }
 
     fn kill_leader(&mut self) -> Result<Option<Instant>, String> {
@@ -203,17 +218,9 @@ impl System for Etcd {
     fn recover(&mut self) -> Result<(), String> {
         if let Some(i) = self.killed.take() {
             self.spawn(i)?;
-            let ep = self.endpoints()[i].clone();
+            let addr = self.addrs()[i];
             wait_until("etcd member back", Duration::from_secs(60), || {
-                block_on(async {
-                    let mut c = etcd_client::Client::connect([ep.as_str()], None)
-                        .await
-                        .ok()?;
-                    c.status().await.ok()
-                })
-                .ok()
-                .flatten()
-                .is_some()
+                status(addr).is_ok()
             })?;
         }
         Ok(())

@@ -1,5 +1,5 @@
 //! `bunker-bench anchors`: Bunker against the systems a user would pick
-//! instead, on the same machine, in the same run (issue 8).
+//! instead, on the same machine, in the same run.
 //!
 //! What it does: for each system it starts the cluster itself (data in a
 //! temporary directory, loopback ports only), runs closed-loop clients
@@ -18,8 +18,9 @@
 //!   `synchronous_commit = on`, `synchronous_standby_names = 'ANY 2 (s1,
 //!   s2, s3, s4)'`, 256-byte rows inserted by prepared statements over
 //!   persistent connections;
-//! - `etcd`: etcd 3.4, five members on loopback, 256-byte values put by
-//!   gRPC clients (the `etcd-client` crate).
+//! - `etcd`: etcd 3.4, five members on loopback, 256-byte values put
+//!   through etcd's JSON gateway, one kept-alive HTTP/1.1 connection per
+//!   client (`etcd.rs` says why not gRPC).
 //!
 //! PostgreSQL and etcd come from Debian's packages; the harness installs
 //! them when missing and it runs as root (`--no-install` turns that off).
@@ -34,6 +35,7 @@
 
 mod bunker_sys;
 mod etcd;
+mod http;
 mod machine;
 mod plot;
 mod postgres;
@@ -358,16 +360,28 @@ pub fn sh(program: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// Installs Debian packages when `binary` is missing (as root, unless
+/// Whether `binary --version` runs and succeeds.
+fn runs(binary: &Path) -> bool {
+    std::process::Command::new(binary)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs Debian packages when `binary` does not run (as root, unless
 /// `no_install`).
 pub fn ensure_installed(binary: &Path, packages: &[&str], no_install: bool) -> Result<(), Skip> {
-    if binary.exists() {
+    if runs(binary) {
         return Ok(());
     }
     if no_install {
         return Err(Skip(format!(
-            "{} is not installed (--no-install)",
-            binary.display()
+            "{} is not installed or does not run (--no-install; apt-get install {})",
+            binary.display(),
+            packages.join(" ")
         )));
     }
     // SAFETY: geteuid has no preconditions.
@@ -386,7 +400,7 @@ pub fn ensure_installed(binary: &Path, packages: &[&str], no_install: bool) -> R
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .map_err(|e| Skip(format!("apt-get: {e}")))?;
-    if !installed.success() || !binary.exists() {
+    if !installed.success() || !runs(binary) {
         return Err(Skip(format!(
             "apt-get install {} did not provide {}",
             packages.join(" "),
