@@ -100,7 +100,7 @@ fn feed_with_checkpoints(
 }
 
 /// The committed state after the delta that ends at `index`.
-fn want_at<'a>(deltas: &'a [(Captured, Listing)], index: u64) -> &'a Listing {
+fn want_at(deltas: &[(Captured, Listing)], index: u64) -> &Listing {
     let mut end = 0;
     for (captured, want) in deltas {
         end += captured.parts.len() as u64;

@@ -19,6 +19,7 @@ use bunker::demo::{AppSpec, LocalCluster};
 use bytes::Bytes;
 use clap::Args;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -60,6 +61,83 @@ struct Point {
     p99_us: u64,
     p999_us: u64,
     max_us: u64,
+    /// Where a command's time went on the leader (means over the point).
+    profile: Vec<Stage>,
+}
+
+/// One stage of a command on the leader: its mean over a point.
+#[derive(Clone, Debug, Serialize)]
+struct Stage {
+    stage: &'static str,
+    mean_ms: f64,
+    count: u64,
+}
+
+/// The leader's histograms (`name -> (sum seconds, count)`), from its
+/// `/metrics` page.
+fn scrape(addr: std::net::SocketAddr) -> Result<HashMap<String, (f64, f64)>, String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("metrics {addr}: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .map_err(|e| format!("metrics {addr}: {e}"))?;
+    let mut text = String::new();
+    conn.take(8 << 20)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("metrics {addr}: {e}"))?;
+    let mut out: HashMap<String, (f64, f64)> = HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        if let Some(base) = name.strip_suffix("_sum") {
+            out.entry(base.to_string()).or_default().0 += value;
+        } else if let Some(base) = name.strip_suffix("_count") {
+            out.entry(base.to_string()).or_default().1 += value;
+        }
+    }
+    Ok(out)
+}
+
+/// The stages of a command on the leader, from two scrapes of its
+/// histograms around a point (means of what happened in between).
+fn profile(
+    before: &HashMap<String, (f64, f64)>,
+    after: &HashMap<String, (f64, f64)>,
+) -> Vec<Stage> {
+    const STAGES: &[(&str, &str)] = &[
+        ("queue", "bunker_queue_seconds"),
+        ("execute (application)", "bunker_execute_seconds"),
+        ("capture + propose", "bunker_capture_seconds"),
+        (
+            "commit wait (log + replication)",
+            "bunker_commit_wait_seconds",
+        ),
+        ("  of which: a log flush", "bunker_sync_latency_seconds"),
+        ("total (arrival to reply)", "bunker_commit_latency_seconds"),
+    ];
+    STAGES
+        .iter()
+        .map(|&(stage, metric)| {
+            let (s0, c0) = before.get(metric).copied().unwrap_or_default();
+            let (s1, c1) = after.get(metric).copied().unwrap_or_default();
+            let count = (c1 - c0).max(0.0);
+            Stage {
+                stage,
+                mean_ms: if count > 0.0 {
+                    (s1 - s0) * 1e3 / count
+                } else {
+                    0.0
+                },
+                count: count as u64,
+            }
+        })
+        .collect()
 }
 
 pub fn run(mut args: E2eArgs) -> Result<(), String> {
@@ -201,11 +279,16 @@ fn measure(
         let app = app.to_string();
         conns.push(Box::new(AppConn { client, app, id }));
     }
+    let leader = cluster.wait_for_leader(&[]).map_err(|e| e.to_string())?;
+    let metrics = cluster.addrs[&leader].metrics;
+    let before = scrape(metrics)?;
     let Loop {
         histogram: all,
         errors,
         seconds,
     } = closed_loop(conns, length)?;
+    // The leader may have changed meanwhile: then the profile is partial.
+    let profile = profile(&before, &scrape(metrics).unwrap_or_default());
     Ok(Point {
         app: app.to_string(),
         servers,
@@ -218,6 +301,7 @@ fn measure(
         p99_us: all.value_at_quantile(0.99),
         p999_us: all.value_at_quantile(0.999),
         max_us: all.max(),
+        profile,
     })
 }
 
@@ -234,4 +318,10 @@ fn print_point(p: &Point) {
         p.max_us as f64 / 1e3,
         p.errors
     );
+    let stages: Vec<String> = p
+        .profile
+        .iter()
+        .map(|s| format!("{} {:.3}", s.stage.trim(), s.mean_ms))
+        .collect();
+    println!("    leader, mean ms per command: {}", stages.join(" | "));
 }

@@ -39,6 +39,16 @@ fn collect(
 }
 
 pub(super) fn run(spawn: &Spawn, command: &[u8], dir: &Path) -> ExecOutcome {
+    let mut pid = None;
+    let outcome = run_once(spawn, command, dir, &mut pid);
+    if let Some(pid) = pid {
+        // Waited for by now (every path of `run_once` reaps it).
+        crate::delta::writers::forget_root(pid);
+    }
+    outcome
+}
+
+fn run_once(spawn: &Spawn, command: &[u8], dir: &Path, pid: &mut Option<u32>) -> ExecOutcome {
     let started = Instant::now();
     let deadline = started + spawn.timeout;
     let mut child = match spawn
@@ -56,6 +66,9 @@ pub(super) fn run(spawn: &Spawn, command: &[u8], dir: &Path) -> ExecOutcome {
         }
     };
     let pgid = child.id();
+    // A process of the application: the capture looks at what it maps.
+    crate::delta::writers::register_root(pgid);
+    *pid = Some(pgid);
     if let Some(mut stdin) = child.stdin.take() {
         // A writer thread: an application that does not read its stdin
         // must not block the adapter.

@@ -47,6 +47,7 @@ impl Served {
         if let Some(mut r) = self.running.take() {
             kill_group(r.child.id());
             let _ = r.child.wait();
+            crate::delta::writers::forget_root(r.child.id());
         }
     }
 
@@ -59,7 +60,10 @@ impl Served {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("cannot start the application: {e}"))?;
+        // A process of the application: the capture looks at what it maps.
+        crate::delta::writers::register_root(child.id());
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            crate::delta::writers::forget_root(child.id());
             kill_group(child.id());
             let _ = child.wait();
             return Err("no pipes to the application".into());

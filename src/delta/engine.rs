@@ -319,6 +319,9 @@ pub struct Engine<T: FileTree> {
     index_stale: bool,
     /// Changes drained from the tree by `has_changes` and not yet captured.
     stashed: Changes,
+    /// `has_changes` drained the tree and nothing ran since: the next drain
+    /// needs only what was notified meanwhile (the pipeline's own writes).
+    stash_fresh: bool,
     /// The durable checkpoint and the writes made since (`checkpoint.rs`).
     pub(crate) checkpoint: super::checkpoint::Checkpoints,
     /// While recovering, a post-state mismatch at an index below this one
@@ -387,6 +390,7 @@ impl<T: FileTree> Engine<T> {
             journal: None,
             index_stale: false,
             stashed: Changes::default(),
+            stash_fresh: false,
             checkpoint: super::checkpoint::Checkpoints::new(record.applied_index),
             replay_bound: u64::MAX,
         };
@@ -494,6 +498,8 @@ impl<T: FileTree> Engine<T> {
     /// page: O(their size), so that a read by an application that keeps
     /// its files open stays a read.
     pub fn has_changes(&mut self) -> Result<bool, EngineError> {
+        // The application ran since any earlier call: look at everything.
+        self.stash_fresh = false;
         let changes = match self.take_tree_changes() {
             Ok(changes) => changes,
             Err(err) => {
@@ -512,6 +518,10 @@ impl<T: FileTree> Engine<T> {
             changed = self.differs_from_spec(path)?;
         }
         self.stashed = changes;
+        // A capture right after a "changed" answer (the pipeline captures
+        // at once, before the application runs again) needs only what was
+        // notified since. After "unchanged" the next command runs first.
+        self.stash_fresh = changed;
         Ok(changed)
     }
 
@@ -538,10 +548,17 @@ impl<T: FileTree> Engine<T> {
     }
 
     /// Every change notified since the last call, including those stashed
-    /// by `has_changes`.
+    /// by `has_changes` (after which only notifications are new: the
+    /// application has not run since).
     fn take_tree_changes(&mut self) -> Result<Changes, TreeError> {
+        let fresh = std::mem::take(&mut self.stash_fresh);
         let mut changes = std::mem::take(&mut self.stashed);
-        match self.tree.take_changes() {
+        let drained = if fresh {
+            self.tree.take_notified()
+        } else {
+            self.tree.take_changes()
+        };
+        match drained {
             Ok(more) => {
                 changes.merge(more);
                 Ok(changes)

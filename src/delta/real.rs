@@ -48,8 +48,10 @@ const SYNC_QUEUE_DEPTH: usize = 64;
 /// Batches with at least this many files are synced by several workers.
 const SYNC_FAN_OUT_MIN: usize = 16;
 const SYNC_WORKERS: usize = 8;
-/// Files up to this size are read rather than memory-mapped.
-const SMALL_FILE_BYTES_MAX: u64 = 256 * 1024;
+/// Files up to this size are read rather than memory-mapped: a mapping
+/// costs page faults and, at unmap, a TLB shootdown across cores (an
+/// inter-processor interrupt, slow on virtual machines).
+const SMALL_FILE_BYTES_MAX: u64 = 8 << 20;
 
 struct SyncJob {
     files: Vec<PathBuf>,
@@ -596,6 +598,17 @@ impl FileTree for RealTree {
         self.writers = Some(Writers::new(&self.path(root))?);
         self.carried = Changes::default();
         Ok(())
+    }
+
+    fn take_notified(&mut self) -> Result<Changes, TreeError> {
+        self.forget_open();
+        let root = self.root.clone();
+        let Some(watcher) = &mut self.watcher else {
+            return Ok(Changes::default());
+        };
+        let mut changes = std::mem::take(&mut self.carried);
+        changes.merge(watcher.drain(&root)?);
+        Ok(changes)
     }
 
     fn take_changes(&mut self) -> Result<Changes, TreeError> {

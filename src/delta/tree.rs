@@ -159,6 +159,13 @@ pub trait FileTree {
     fn watch(&mut self, root: &str) -> Result<(), TreeError>;
     /// Drains the changes seen since the last call (empty when not watching).
     fn take_changes(&mut self) -> Result<Changes, TreeError>;
+    /// As [`FileTree::take_changes`], right after one, while the
+    /// application stayed quiescent: only what was notified since (the
+    /// files the application can write unnoticed were named by that call
+    /// and cannot have changed since).
+    fn take_notified(&mut self) -> Result<Changes, TreeError> {
+        self.take_changes()
+    }
 }
 
 /// Checks that `path` is a relative path the engine may use (see the module

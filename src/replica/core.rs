@@ -267,8 +267,10 @@ impl PeerMessage {
 pub enum Effect {
     Send(PeerMessage),
     /// Run `command` in the working copy, then call `handle_executed(id, ..)`.
+    /// `ctx` is the request's (for the driver's timings).
     Execute {
         id: u64,
+        ctx: u64,
         command: Bytes,
     },
     /// Answer the request that carried `ctx`.
@@ -1012,6 +1014,7 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             self.stats.commands_executed += 1;
             self.effects.push_back(Effect::Execute {
                 id,
+                ctx: request.ctx,
                 command: request.command.clone(),
             });
             self.executing = Some(Executing {

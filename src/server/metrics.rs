@@ -41,6 +41,11 @@ pub struct Metrics {
     pub sync_latency_seconds: Histogram,
     pub execute_seconds: Histogram,
     pub capture_seconds: Histogram,
+    /// Leader: from a command's arrival to the start of its run.
+    pub queue_seconds: Histogram,
+    /// Leader: from a command's proposal to its committed response (own
+    /// log append and replication, in parallel, then the commit).
+    pub commit_wait_seconds: Histogram,
     /// Time the event loop spent in the replica per event kind (where a
     /// command's latency goes: apply and sync waits show up here).
     pub handle_seconds: Family<KindLabel, Histogram>,
@@ -79,6 +84,8 @@ impl Metrics {
             sync_latency_seconds: latency_histogram(),
             execute_seconds: latency_histogram(),
             capture_seconds: latency_histogram(),
+            queue_seconds: latency_histogram(),
+            commit_wait_seconds: latency_histogram(),
             handle_seconds: Family::new_with_constructor(latency_histogram),
             delta_bytes: Counter::default(),
             elections_won: Counter::default(),
@@ -152,6 +159,16 @@ impl Metrics {
             "capture_seconds",
             "Capturing and proposing a command's delta",
             m.capture_seconds.clone(),
+        );
+        r.register(
+            "queue_seconds",
+            "Leader: from a command's arrival to the start of its run",
+            m.queue_seconds.clone(),
+        );
+        r.register(
+            "commit_wait_seconds",
+            "Leader: from a command's proposal to its committed response",
+            m.commit_wait_seconds.clone(),
         );
         r.register(
             "handle_seconds",

@@ -80,7 +80,10 @@ pub struct Node<P: PeerOut, C: ClientOut, A: AppRunner> {
     /// Arrival of requests waiting for their reply (for commit latency).
     arrivals: HashMap<u64, Instant>,
     flushes: VecDeque<Instant>,
-    executing: Option<Instant>,
+    /// The request being run and when it started.
+    executing: Option<(u64, Instant)>,
+    /// When each request's run was captured and proposed (by ctx).
+    proposed: HashMap<u64, Instant>,
     started: Instant,
     was_leader: bool,
     seen: crate::replica::ReplicaStats,
@@ -115,6 +118,7 @@ impl<P: PeerOut, C: ClientOut, A: AppRunner> Node<P, C, A> {
             arrivals: HashMap::new(),
             flushes: VecDeque::new(),
             executing: None,
+            proposed: HashMap::new(),
             started: Instant::now(),
             was_leader: false,
             seen: Default::default(),
@@ -178,16 +182,23 @@ impl<P: PeerOut, C: ClientOut, A: AppRunner> Node<P, C, A> {
                 }
             } else if ready == i_app {
                 if let Ok((id, outcome)) = outcomes.try_recv() {
-                    if let Some(t) = self.executing.take() {
+                    let ran = self.executing.take();
+                    if let Some((_, t)) = ran {
                         self.metrics
                             .execute_seconds
                             .observe(t.elapsed().as_secs_f64());
                     }
                     let capture = Instant::now();
                     self.replica.handle_executed(id, outcome)?;
+                    let now = Instant::now();
                     self.metrics
                         .capture_seconds
-                        .observe(capture.elapsed().as_secs_f64());
+                        .observe(now.duration_since(capture).as_secs_f64());
+                    if let Some((ctx, _)) = ran {
+                        if self.proposed.len() < ARRIVALS_MAX {
+                            self.proposed.insert(ctx, now);
+                        }
+                    }
                 }
             } else if ready == i_tick {
                 let _ = ticker.try_recv();
@@ -212,10 +223,16 @@ impl<P: PeerOut, C: ClientOut, A: AppRunner> Node<P, C, A> {
         while let Some(effect) = self.replica.poll_effect() {
             match effect {
                 Effect::Send(msg) => self.peers.send(msg),
-                Effect::Execute { id, command } => {
+                Effect::Execute { id, ctx, command } => {
                     let live = self.replica.engine().live_dir().to_string();
                     let workdir = self.replica.engine_mut().tree().path(&live);
-                    self.executing = Some(Instant::now());
+                    let now = Instant::now();
+                    if let Some(t) = self.arrivals.get(&ctx) {
+                        self.metrics
+                            .queue_seconds
+                            .observe(now.duration_since(*t).as_secs_f64());
+                    }
+                    self.executing = Some((ctx, now));
                     self.app.start(id, command, &workdir);
                 }
                 Effect::Reply {
@@ -228,6 +245,13 @@ impl<P: PeerOut, C: ClientOut, A: AppRunner> Node<P, C, A> {
                         if matches!(reply, Reply::Ok { .. }) {
                             self.metrics
                                 .commit_latency_seconds
+                                .observe(t.elapsed().as_secs_f64());
+                        }
+                    }
+                    if let Some(t) = self.proposed.remove(&ctx) {
+                        if matches!(reply, Reply::Ok { .. }) {
+                            self.metrics
+                                .commit_wait_seconds
                                 .observe(t.elapsed().as_secs_f64());
                         }
                     }

@@ -845,7 +845,9 @@ impl ReplicaSim {
         }
         match effect {
             Effect::Send(msg) => self.send(msg),
-            Effect::Execute { id: exec, command } => self.execute(id, exec, command),
+            Effect::Execute {
+                id: exec, command, ..
+            } => self.execute(id, exec, command),
             Effect::Reply {
                 ctx,
                 client: session,
@@ -897,7 +899,9 @@ impl ReplicaSim {
         let now = self.now_us;
         let (kind, detail) = match effect {
             Effect::Send(_) => return,
-            Effect::Execute { id: exec, command } => (
+            Effect::Execute {
+                id: exec, command, ..
+            } => (
                 "execute",
                 format!("run {exec}: {} command bytes", command.len()),
             ),
