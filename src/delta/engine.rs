@@ -1038,8 +1038,22 @@ impl<T: FileTree> Engine<T> {
                 }
             };
             if base_is_file {
-                self.tree
-                    .with_file(&base_path, |bytes| read(bytes, &mut out))?;
+                // Only the pages needed: the file may be large.
+                for (slot, page) in out.iter_mut().zip(pages) {
+                    if slot.is_some() {
+                        continue;
+                    }
+                    let range = page_range_or_empty(*page, size_bytes);
+                    let mut content = vec![0u8; range.len()];
+                    let n = self
+                        .tree
+                        .read_at(&base_path, range.start as u64, &mut content)?;
+                    // Past the base file's end, or the overlay's zero-from
+                    // claim, the speculative content is zeros.
+                    let limit = zero_from.saturating_sub(range.start as u64).min(n as u64) as usize;
+                    content[limit..].fill(0);
+                    *slot = Some(content);
+                }
             } else {
                 read(&[], &mut out);
             }
@@ -1254,10 +1268,7 @@ impl<T: FileTree> Engine<T> {
             };
             let base_path = join(&self.base_dir, &path);
             let mode = file.mode;
-            let updates = self
-                .tree
-                .with_file(&base_path, |bytes| rehash_pages(bytes, &effect))?;
-            let (size, updates) = updates;
+            let (size, updates) = self.rehash_touched(&base_path, &effect)?;
             if size != effect.cur_size {
                 return Err(EngineError::Storage(TreeError::BadPath {
                     path: base_path,
@@ -1971,10 +1982,50 @@ fn effect_for<'a>(
 /// pages at and after the lowest zero-reset offset. Unwritten whole pages
 /// past that offset are zeros, so they are not read (a sparse extension
 /// costs O(pages), not O(bytes)). Returns the file size and the updates.
-fn rehash_pages(bytes: &[u8], effect: &FileEffect) -> (u64, Vec<(u64, u64)>) {
-    let size = bytes.len() as u64;
+impl<T: FileTree> Engine<T> {
+    /// The new hashes of the pages of `base_path` an apply touched (see
+    /// `pages_to_rehash`), reading only those pages.
+    fn rehash_touched(
+        &mut self,
+        base_path: &str,
+        effect: &FileEffect,
+    ) -> Result<(u64, Vec<(u64, u64)>), EngineError> {
+        let size = match self.tree.stat(base_path)? {
+            Some(m) if m.kind == Kind::File => m.size_bytes,
+            _ => {
+                return Err(EngineError::Storage(TreeError::BadPath {
+                    path: base_path.to_string(),
+                    reason: "not a regular file after apply",
+                }))
+            }
+        };
+        let (zeros, read) = pages_to_rehash(size, effect);
+        let mut out: Vec<(u64, u64)> = zeros
+            .into_iter()
+            .map(|p| (p, index::zero_page_hash()))
+            .collect();
+        let mut buf = vec![0u8; PAGE_BYTES];
+        for page in read {
+            let range = page_range(page, size);
+            let n = self
+                .tree
+                .read_at(base_path, range.start as u64, &mut buf[..range.len()])?;
+            if n != range.len() {
+                return Err(EngineError::Storage(TreeError::BadPath {
+                    path: base_path.to_string(),
+                    reason: "file shorter than its size while re-hashing",
+                }));
+            }
+            out.push((page, index::hash_pages(&buf[..n], 0, 1)[0]));
+        }
+        Ok((size, out))
+    }
+}
+
+/// Pages of a file of `size` bytes whose hashes an apply changed: those it
+/// zeroed whole (their hash is known without reading) and those to read.
+fn pages_to_rehash(size: u64, effect: &FileEffect) -> (Vec<u64>, BTreeSet<u64>) {
     let count = index::page_count(size);
-    let zero_hash = index::zero_page_hash();
     let mut pages: BTreeSet<u64> = effect
         .written_pages
         .iter()
@@ -1982,20 +2033,17 @@ fn rehash_pages(bytes: &[u8], effect: &FileEffect) -> (u64, Vec<(u64, u64)>) {
         .filter(|&p| p < count)
         .collect();
     let first_reset = effect.zero_from / PAGE_BYTES as u64;
-    let mut out = Vec::new();
+    let mut zeros = Vec::new();
     for page in first_reset..count {
         let range = page_range(page, size);
         let whole_zero_region = range.start as u64 >= effect.zero_from && range.len() == PAGE_BYTES;
         if whole_zero_region && !pages.contains(&page) {
-            out.push((page, zero_hash));
+            zeros.push(page);
         } else {
             pages.insert(page);
         }
     }
-    for page in pages {
-        out.push((page, index::hash_pages(bytes, page, 1)[0]));
-    }
-    (size, out)
+    (zeros, pages)
 }
 
 /// Applies one operation under `root`, leniently (see the format docs).

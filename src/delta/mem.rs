@@ -403,6 +403,15 @@ impl FileTree for MemTree {
         Ok(f(&self.inodes[&ino].current.data))
     }
 
+    fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, TreeError> {
+        self.with_file(path, |bytes| {
+            let start = (offset as usize).min(bytes.len());
+            let n = buf.len().min(bytes.len() - start);
+            buf[..n].copy_from_slice(&bytes[start..start + n]);
+            n
+        })
+    }
+
     fn create_file(&mut self, path: &str, mode: u32) -> Result<(), TreeError> {
         check_rel_path(path)?;
         self.step()?;

@@ -437,6 +437,21 @@ impl FileTree for RealTree {
         Ok(f(&map[..]))
     }
 
+    fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, TreeError> {
+        let full = self.full(path)?;
+        let file = File::open(&full).map_err(|e| TreeError::io(path, e))?;
+        let mut done = 0;
+        while done < buf.len() {
+            match file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(TreeError::io(path, e)),
+            }
+        }
+        Ok(done)
+    }
+
     fn create_file(&mut self, path: &str, mode: u32) -> Result<(), TreeError> {
         let full = self.full(path)?;
         self.forget_open();

@@ -122,6 +122,10 @@ pub trait FileTree {
     /// Calls `f` with the whole content of regular file `path` (a memory map
     /// on real files). The file must not change while `f` runs.
     fn with_file<R>(&mut self, path: &str, f: impl FnOnce(&[u8]) -> R) -> Result<R, TreeError>;
+    /// Reads bytes of regular file `path` from `offset` into `buf`; returns
+    /// how many (fewer at the end of the file). For reading a few pages of
+    /// a large file without reading it whole.
+    fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, TreeError>;
     /// Makes `path` an empty regular file with `mode`, replacing a file that
     /// is there (a directory there is an error: remove it first).
     fn create_file(&mut self, path: &str, mode: u32) -> Result<(), TreeError>;

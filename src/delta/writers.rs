@@ -87,7 +87,10 @@ pub fn reap_orphans(keep: &[u32]) {
     if !SUBREAPER.load(Ordering::Relaxed) {
         return;
     }
-    let Ok(children) = children_of(std::process::id()) else {
+    // Orphans are re-parented to the main thread (the first live thread of
+    // the subreaper): only its children can be orphans.
+    let me = std::process::id();
+    let Ok(children) = main_thread_children(me).or_else(|_| children_of(me)) else {
         return;
     };
     for pid in children {
