@@ -215,15 +215,20 @@ pub(crate) fn start(
     cluster.start_all().map_err(|e| e.to_string())?;
     cluster.wait_for_leader(&[]).map_err(|e| e.to_string())?;
     if app == "accounts" {
-        let mut admin =
-            BlockingClient::connect(cluster.client_config()).map_err(|e| e.to_string())?;
-        for i in 0..256 {
-            admin
-                .call(Bytes::from(format!("open a{i} 1000000000")))
-                .map_err(|e| e.to_string())?;
-        }
+        open_accounts(&cluster)?;
     }
     Ok(cluster)
+}
+
+/// Opens the 256 accounts the accounts commands move money between.
+pub(crate) fn open_accounts(cluster: &LocalCluster) -> Result<(), String> {
+    let mut admin = BlockingClient::connect(cluster.client_config()).map_err(|e| e.to_string())?;
+    for i in 0..256 {
+        admin
+            .call(Bytes::from(format!("open a{i} 1000000000")))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 pub(crate) fn command(app: &str, client: usize, n: u64) -> Bytes {

@@ -10,6 +10,7 @@ mod delta;
 mod e2e;
 mod log;
 mod net;
+mod recovery;
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +42,9 @@ enum Command {
     Anchors(anchors::AnchorsArgs),
     /// Networking stacks: tokio (epoll) against tokio-uring, loopback.
     Net(net::NetArgs),
+    /// Restart after a crash with the longest log tail the checkpoint
+    /// settings allow: time to the first answer.
+    Recovery(recovery::RecoveryArgs),
 }
 
 fn main() {
@@ -62,6 +66,12 @@ fn main() {
         Command::Net(args) => {
             if let Err(e) = net::run(args) {
                 eprintln!("bunker-bench net: {e}");
+                std::process::exit(1);
+            }
+        }
+        Command::Recovery(args) => {
+            if let Err(e) = recovery::run(args) {
+                eprintln!("bunker-bench recovery: {e}");
                 std::process::exit(1);
             }
         }

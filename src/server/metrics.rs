@@ -33,6 +33,7 @@ pub struct Metrics {
     pub term: Gauge,
     pub commit_index: Gauge,
     pub applied_index: Gauge,
+    pub checkpoint_index: Gauge,
     pub last_log_index: Gauge,
     pub leader: Gauge,
     pub peer_match: Family<PeerLabel, Gauge>,
@@ -76,6 +77,7 @@ impl Metrics {
             term: Gauge::default(),
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
+            checkpoint_index: Gauge::default(),
             last_log_index: Gauge::default(),
             leader: Gauge::default(),
             peer_match: Family::default(),
@@ -114,6 +116,11 @@ impl Metrics {
             "applied_index",
             "Highest log index applied to the state",
             m.applied_index.clone(),
+        );
+        r.register(
+            "checkpoint_index",
+            "Last durable checkpoint of the state (a restart replays the log after it)",
+            m.checkpoint_index.clone(),
         );
         r.register(
             "last_log_index",
@@ -238,6 +245,10 @@ pub struct Status {
     pub leader: Option<u64>,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// The last durable checkpoint of the state (the log holds everything
+    /// after it; a restart replays from here).
+    #[serde(default)]
+    pub checkpoint_index: u64,
     pub last_log_index: u64,
     pub state_hash: String,
     pub diverged: Option<u64>,

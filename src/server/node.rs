@@ -290,6 +290,8 @@ impl<P: PeerOut, C: ClientOut, A: AppRunner> Node<P, C, A> {
         m.term.set(raft.term() as i64);
         m.commit_index.set(raft.commit_index() as i64);
         m.applied_index.set(self.replica.applied_index() as i64);
+        let checkpoint = self.replica.engine().checkpoint_index();
+        m.checkpoint_index.set(checkpoint as i64);
         let last = raft.last_log_id().index;
         m.last_log_index.set(last as i64);
         m.leader.set(raft.leader_id().unwrap_or(0) as i64);
@@ -349,6 +351,7 @@ impl<P: PeerOut, C: ClientOut, A: AppRunner> Node<P, C, A> {
             leader: raft.leader_id(),
             commit_index: raft.commit_index(),
             applied_index: self.replica.applied_index(),
+            checkpoint_index: checkpoint,
             last_log_index: last,
             state_hash: format!("{:032x}", self.replica.engine().status().state_hash),
             diverged: self.replica.diverged(),
