@@ -461,7 +461,7 @@ impl<L: LogStore> Raft<L> {
                 data: data.clone(),
             })
             .collect();
-        if !self.log.has_room(&entries) {
+        if self.prefix_that_fits(&entries) < entries.len() {
             return Err(ProposeError::LogFull);
         }
         let range = ProposedRange {
@@ -733,6 +733,19 @@ impl<L: LogStore> Raft<L> {
         assert_eq!(self.role, Role::Candidate);
         assert_eq!(self.vote, Some(self.id));
         let last = self.log.last_id();
+        let barrier = Entry {
+            index: last.index + 1,
+            term: self.term,
+            kind: EntryKind::Noop,
+            data: Bytes::new(),
+        };
+        if !self.log.has_room(std::slice::from_ref(&barrier)) {
+            // Every append of commands keeps room for a barrier
+            // (`prefix_that_fits`), so this needs a log that filled with
+            // barriers alone; rather than stop, do not lead: this term
+            // gets no leader from here, and a later election may.
+            return self.become_follower(self.term, None);
+        }
         let progress = self
             .peers()
             .into_iter()
@@ -752,13 +765,42 @@ impl<L: LogStore> Raft<L> {
         });
         self.effects
             .push_back(Effect::BecameLeader { term: self.term });
-        let barrier = Entry {
-            index: last.index + 1,
-            term: self.term,
-            kind: EntryKind::Noop,
-            data: Bytes::new(),
-        };
         self.leader_append(&[barrier])
+    }
+
+    /// How many of `entries` (a leader's proposal or a follower's batch)
+    /// the log can take now. Command entries must leave room for one
+    /// barrier after them, so that a server whose log holds uncommitted
+    /// commands can still become leader and commit them (it needs an entry
+    /// of its own term: Raft §5.4.2); barriers alone need only their own
+    /// room.
+    fn prefix_that_fits(&self, entries: &[Entry]) -> usize {
+        let fits = |n: usize| {
+            let mut batch = entries[..n].to_vec();
+            if batch.iter().any(|e| e.kind != EntryKind::Noop) {
+                batch.push(Entry {
+                    index: entries[n - 1].index + 1,
+                    term: entries[n - 1].term,
+                    kind: EntryKind::Noop,
+                    data: Bytes::new(),
+                });
+            }
+            self.log.has_room(&batch)
+        };
+        if entries.is_empty() || fits(entries.len()) {
+            return entries.len();
+        }
+        // Room is monotone in the length: the longest prefix that fits.
+        let (mut lo, mut hi) = (0, entries.len());
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo
     }
 
     fn handle_pre_vote(&mut self, msg: &Message, last_log: LogId) {
@@ -991,26 +1033,31 @@ impl<L: LogStore> Raft<L> {
             }
             Some(_) => {}
         }
-        let end = prev.index + entries.len() as u64;
+        let mut end = prev.index + entries.len() as u64;
         let new_from = entries
             .iter()
             .position(|e| self.log.term(e.index) != Some(e.term));
         if let Some(pos) = new_from {
             let first = entries[pos].index;
-            // A full log is backpressure, not a failure: take nothing and
-            // acknowledge nothing (as if the message were lost); the leader
-            // sends again, and the room comes back as this server applies
-            // and releases its log prefix.
-            if !self.log.has_room(&entries[pos..]) {
-                return Ok(());
-            }
             if first <= self.log.last_id().index {
                 if first <= self.commit {
                     return Ok(()); // would overwrite a committed entry: a faulty peer
                 }
+                // The conflicting suffix goes first: its room is this
+                // batch's (a full ring of stale entries must not refuse
+                // the entries that replace them).
                 self.truncate_from(first)?;
             }
-            self.append_entries(&entries[pos..])?;
+            // A full log is backpressure, not a failure: take the prefix
+            // that fits (keeping room for a barrier) and acknowledge that
+            // much; the leader sends the rest again, and room comes back
+            // as this server applies, checkpoints and releases its prefix.
+            let fits = self.prefix_that_fits(&entries[pos..]);
+            if fits == 0 {
+                return Ok(());
+            }
+            self.append_entries(&entries[pos..pos + fits])?;
+            end = entries[pos + fits - 1].index;
         }
         self.verified = self.verified.max(end);
         let commit = leader_commit.min(end);

@@ -138,9 +138,13 @@ impl Draw {
     fn draw_shape(&mut self, rng: &mut ChaCha8Rng) {
         let s = &mut self.shape;
         s.geometry = self.geometry;
+        // As a server's configuration requires: an entry is at most half a
+        // segment (a log of a few entries cannot hold a backlog and the
+        // barrier that commits it).
         s.entry_bytes_max = s
             .entry_bytes_max
-            .min(self.geometry.entry_payload_bytes_max());
+            .min(self.geometry.entry_payload_bytes_max())
+            .min(self.geometry.segment_bytes / 2);
         // A part plus the pipeline's envelope (a response of up to
         // `response_bytes_max`, ids, hashes) fits in one entry.
         let envelope = s.replica.response_bytes_max as u64 + 4096;
