@@ -61,6 +61,26 @@ fn randomized_seeds_pass_every_checker() {
     );
 }
 
+/// Consensus seeds with swarm testing that once failed. 535725260: a
+/// leader proposed entries just before its CheckQuorum period ended and
+/// counted a follower that held its whole log as not keeping up (it owed
+/// the entries still in flight), stepped down, and two leaders took turns
+/// until the liveness bound; a follower now owes only what the log held
+/// when the period began (the engine test
+/// `check_quorum_does_not_count_entries_proposed_during_the_period`).
+#[test]
+fn consensus_regression_seeds() {
+    let cfg = RunConfig::default();
+    for seed in [535_725_260] {
+        let report = run_seed(seed, &cfg);
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed}: {:?} | replay: cargo run --release --bin bunker-sim -- --seeds {seed} --swarm --trace",
+            report.violations.first().map(|v| &v.what)
+        );
+    }
+}
+
 /// One seed reproduces a whole run: the same seed twice gives the same
 /// events, elections, acknowledgements and violations.
 #[test]

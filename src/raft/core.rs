@@ -77,6 +77,10 @@ struct LeaderState {
     seq: u64,
     reads: VecDeque<PendingRead>,
     check_quorum_elapsed: u32,
+    /// The last index of the log when the current CheckQuorum period
+    /// began: a follower keeps up if it holds that much by the period's
+    /// end (entries proposed during the period are not yet owed).
+    period_last: Index,
     heartbeat_elapsed: u32,
 }
 
@@ -761,6 +765,7 @@ impl<L: LogStore> Raft<L> {
             seq: 0,
             reads: VecDeque::new(),
             check_quorum_elapsed: 0,
+            period_last: last.index + 1,
             heartbeat_elapsed: 0,
         });
         self.effects
@@ -1204,8 +1209,9 @@ impl<L: LogStore> Raft<L> {
         leader.check_quorum_elapsed += 1;
         if leader.check_quorum_elapsed >= opts.election_ticks_min {
             leader.check_quorum_elapsed = 0;
-            let last = self.log.last_id().index;
-            let active = 1 + leader.progress.values().filter(|p| p.kept_up(last)).count();
+            let owed = leader.period_last;
+            leader.period_last = self.log.last_id().index;
+            let active = 1 + leader.progress.values().filter(|p| p.kept_up(owed)).count();
             for pr in leader.progress.values_mut() {
                 pr.start_period();
             }

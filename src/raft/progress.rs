@@ -83,14 +83,15 @@ impl Progress {
     }
 
     /// Whether this follower counts towards CheckQuorum for the period
-    /// that ends now: it answered, and it is caught up with the leader's
-    /// log (`last`), or its match index advanced, or it is receiving a
+    /// that ends now: it answered, and it holds what the leader's log held
+    /// when the period began (`owed`; entries proposed during the period
+    /// may still be in flight), or its match index advanced, or it is receiving a
     /// snapshot. A follower that answers heartbeats but never accepts an
     /// append (say, a link that loses only appends) does not count: a
     /// leader kept in office by such followers could never commit, and its
     /// lease would stop the others from electing one that can.
-    pub fn kept_up(&self, last: Index) -> bool {
-        let progressing = self.matched >= last
+    pub fn kept_up(&self, owed: Index) -> bool {
+        let progressing = self.matched >= owed
             || self.matched > self.period_matched
             || matches!(self.state, ProgressState::Snapshot { .. });
         self.recent_active && progressing

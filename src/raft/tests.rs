@@ -529,6 +529,72 @@ fn read_index_waits_for_a_quorum_to_confirm_leadership() {
 }
 
 #[test]
+fn check_quorum_does_not_count_entries_proposed_during_the_period() {
+    // Thesis §6.2: CheckQuorum deposes a leader that a majority no longer
+    // follows. A follower that held the whole log when the period began
+    // and answered throughout still follows, even if the leader proposed
+    // an entry just before the period ended and its acknowledgement is in
+    // flight.
+    let mut r = leader();
+    let ack = |r: &mut Raft<SimLog>, body: Body| {
+        r.handle_message(msg(2, 1, 1, body)).unwrap();
+        drain(r);
+    };
+    ack(
+        &mut r,
+        Body::AppendResponse {
+            result: AppendResult::Success { match_index: 1 },
+            seq: 0,
+        },
+    );
+    sync(&mut r);
+    let period = Options::default().election_ticks_min;
+    // Ends the period in which the barrier was acknowledged: follower 2
+    // holds the leader's whole log from here.
+    for _ in 0..period {
+        r.handle_tick().unwrap();
+        drain(&mut r);
+        ack(
+            &mut r,
+            Body::HeartbeatResponse {
+                match_index: 1,
+                seq: 0,
+            },
+        );
+    }
+    assert_eq!(r.role(), Role::Leader);
+    for tick in 0..period {
+        if tick == period - 1 {
+            r.propose(Bytes::from_static(b"late")).unwrap();
+            sync(&mut r);
+        }
+        r.handle_tick().unwrap();
+        drain(&mut r);
+        if tick < period - 1 {
+            ack(
+                &mut r,
+                Body::HeartbeatResponse {
+                    match_index: 1,
+                    seq: 0,
+                },
+            );
+        }
+    }
+    assert_eq!(
+        r.role(),
+        Role::Leader,
+        "a follower owed only the late entry still follows"
+    );
+    // A follower that neither answers nor takes the late entry in the next
+    // period no longer counts, and the leader steps down.
+    for _ in 0..period {
+        r.handle_tick().unwrap();
+        drain(&mut r);
+    }
+    assert_eq!(r.role(), Role::Follower);
+}
+
+#[test]
 fn read_index_is_refused_before_the_barrier_commits() {
     let mut r = leader();
     assert!(matches!(
