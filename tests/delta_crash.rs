@@ -177,6 +177,53 @@ proptest! {
         check(&mut engine, want_at(&deltas, last), "after replay");
     }
 
+    /// A server still replaying its log after a crash sends its state as
+    /// it is, with its replay bound: the receiver installs it as a
+    /// recovering state (and, restarted, keeps the bound from `meta`), and
+    /// replaying the same entries reaches the leader's bytes on both.
+    #[test]
+    fn a_snapshot_of_a_recovering_state_replays_to_the_same_bytes(
+        commands in prop::collection::vec(prop::collection::vec(app_op(), 1..4), 2..6),
+        seed in any::<u64>(),
+        restart_receiver in any::<bool>(),
+    ) {
+        let deltas = history(&commands, seed);
+        let entries: Vec<Vec<u8>> = deltas.iter().flat_map(|(c, _)| c.parts.iter().map(|p| p.to_vec())).collect();
+        let last = entries.len() as u64;
+        let setup_end = deltas[0].0.parts.len() as u64;
+        let (mut source, _) = Engine::open(MemTree::new(seed ^ 0xA), config()).unwrap();
+        feed(&mut source, &entries, 1, setup_end).unwrap();
+        checkpoint(&mut source).unwrap();
+        feed(&mut source, &entries, setup_end + 1, last).unwrap();
+        let mut tree = source.into_tree();
+        tree.crash();
+        let (mut source, report) = Engine::open(tree, config()).unwrap();
+        prop_assert_eq!(report.applied_index, setup_end);
+        source.set_replay_bound(last);
+        let recovering = source.status().recovering;
+        let (mut receiver, _) = Engine::open(MemTree::new(seed ^ 0xB), config()).unwrap();
+        let mut snapshot = source.snapshot_begin().unwrap();
+        let mut install = receiver.install_begin(snapshot.id()).unwrap();
+        while let Some(chunk) = source.snapshot_next(&mut snapshot).unwrap() {
+            receiver.install_chunk(&mut install, &chunk).unwrap();
+        }
+        source.snapshot_end(snapshot);
+        prop_assert_eq!(receiver.status().recovering, recovering);
+        prop_assert_eq!(receiver.status().can_lead(), !recovering);
+        if restart_receiver {
+            let (engine, report) = Engine::open(receiver.into_tree(), config()).unwrap();
+            prop_assert_eq!(report.recovering, recovering);
+            receiver = engine;
+            // Its own log ends at the snapshot: the bound from `meta` holds.
+            receiver.set_replay_bound(setup_end);
+        }
+        feed(&mut source, &entries, setup_end + 1, last).unwrap();
+        feed(&mut receiver, &entries, setup_end + 1, last).unwrap();
+        prop_assert!(receiver.status().can_lead(), "recovered and verified");
+        check(&mut source, want_at(&deltas, last), "source after replay");
+        check(&mut receiver, want_at(&deltas, last), "receiver after replay");
+    }
+
     /// For short histories, every state a crash can leave: each subset of
     /// the unsynced mutations made since the checkpoint (file data, sizes,
     /// modes, directory entries; a rename kept or lost whole) is tried,

@@ -71,7 +71,8 @@ fn randomized_seeds_pass_every_checker() {
 #[test]
 fn consensus_regression_seeds() {
     let cfg = RunConfig::default();
-    for seed in [535_725_260] {
+    const SEEDS: &[u64] = &[535_725_260];
+    for &seed in SEEDS {
         let report = run_seed(seed, &cfg);
         assert!(
             report.violations.is_empty(),
@@ -190,7 +191,14 @@ fn replica_regression_seeds() {
 /// and swarm seed 700067 as a regression: a barrier's apply moved the
 /// engine's state index without a durable write, the log was released up
 /// to it, and the server could not restart after a crash (the log is now
-/// released only up to a checkpoint, which is durable).
+/// released only up to a checkpoint, which is durable). 876162001: twelve
+/// large entries proposed while no majority answered filled every
+/// follower's small ring, and none could take the barrier that would
+/// commit them (the leader now bounds its uncommitted bytes). 876162315:
+/// the two up-to-date servers restarted after a power failure and were
+/// still replaying their logs, the third live one needed a snapshot, and
+/// a recovering server refused to send one, so nothing could commit (a
+/// recovering state is now sent with its replay bound).
 #[test]
 fn replica_swarm_seeds_pass_every_checker() {
     use bunker::sim::{run_replica_seed, ReplicaRunConfig};
@@ -205,7 +213,7 @@ fn replica_swarm_seeds_pass_every_checker() {
         ..ReplicaRunConfig::default()
     };
     let failures: Vec<String> = (0..seeds)
-        .chain([700_067])
+        .chain([700_067, 876_162_001, 876_162_315])
         .filter_map(|seed| {
             let report = run_replica_seed(seed, &cfg);
             report.violations.first().map(|v| {

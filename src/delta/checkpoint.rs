@@ -128,6 +128,7 @@ impl<T: FileTree> Engine<T> {
             gen: self.gen,
             state_hash: self.committed.hash(),
             applied_term: self.state_term,
+            replay_bound: 0,
         };
         let c = &mut self.checkpoint;
         let files: Vec<String> = std::mem::take(&mut c.dirty_files).into_iter().collect();

@@ -327,8 +327,12 @@ pub struct Engine<T: FileTree> {
     /// While recovering, a post-state mismatch at an index below this one
     /// is a partly applied state still being replayed; at or above it, a
     /// divergence. The caller sets it to its log's last index at restart:
-    /// nothing beyond it was ever applied.
-    replay_bound: u64,
+    /// nothing beyond it was ever applied. A state installed from a
+    /// recovering source carries the source's bound (`meta`).
+    pub(crate) replay_bound: u64,
+    /// The bound recorded in `meta` (0 if none): `set_replay_bound` never
+    /// lowers the bound below it.
+    installed_bound: u64,
 }
 
 /// One path's effect during an apply (for re-indexing afterwards).
@@ -366,7 +370,8 @@ impl<T: FileTree> Engine<T> {
             Ok(prepared) => prepared,
             Err(err) => return Err((err, tree)),
         };
-        let recovering = committed.hash() != record.state_hash;
+        let recovering =
+            committed.hash() != record.state_hash || record.replay_bound > record.applied_index;
         let mut engine = Engine {
             tree,
             config,
@@ -393,6 +398,7 @@ impl<T: FileTree> Engine<T> {
             stash_fresh: false,
             checkpoint: super::checkpoint::Checkpoints::new(record.applied_index),
             replay_bound: u64::MAX,
+            installed_bound: record.replay_bound,
         };
         if let Err(err) = engine.rebuild_live() {
             return Err((err, engine.tree));
@@ -446,6 +452,7 @@ impl<T: FileTree> Engine<T> {
                 gen: self.gen,
                 state_hash: hash,
                 applied_term: 0,
+                replay_bound: 0,
             },
         )?;
         self.committed = committed;
@@ -1321,6 +1328,7 @@ impl<T: FileTree> Engine<T> {
         let post_actual = self.committed.hash();
         if post_actual == header.post_hash {
             self.recovering = false;
+            self.installed_bound = 0;
             return Ok(());
         }
         if self.recovering && index < self.replay_bound {
@@ -1337,7 +1345,7 @@ impl<T: FileTree> Engine<T> {
 
     /// See `replay_bound`: the last index of the caller's log at restart.
     pub fn set_replay_bound(&mut self, index: u64) {
-        self.replay_bound = index;
+        self.replay_bound = index.max(self.installed_bound);
     }
 
     /// Bookkeeping of the working copy after `base/` moved forward.
@@ -1806,6 +1814,7 @@ impl<T: FileTree> Engine<T> {
         index: u64,
         term: u64,
         committed: StateIndex,
+        bound: u64,
     ) -> Result<(), EngineError> {
         let old = std::mem::replace(&mut self.base_dir, base_dir_name(gen));
         self.gen = gen;
@@ -1814,7 +1823,13 @@ impl<T: FileTree> Engine<T> {
         self.state_index = index;
         self.state_term = term;
         self.entry_term = term;
-        self.recovering = false;
+        // A state from a recovering source is exact once replayed to
+        // `bound` (see `snapshot.rs`).
+        self.recovering = bound > index;
+        self.installed_bound = bound;
+        if self.recovering {
+            self.replay_bound = bound;
+        }
         self.diverged_at = None;
         self.staging = None;
         self.index_stale = false;
@@ -2216,6 +2231,7 @@ fn init_fresh<T: FileTree>(tree: &mut T) -> Result<MetaRecord, EngineError> {
         gen: 0,
         state_hash: EMPTY_STATE_HASH,
         applied_term: 0,
+        replay_bound: 0,
     };
     tree.mkdir(&base_dir_name(0), 0o755)?;
     tree.sync(&[], &[String::new(), base_dir_name(0)])?;

@@ -18,8 +18,11 @@ use super::tree::{FileTree, TreeError};
 
 pub const META_PATH: &str = "meta";
 const MAGIC: u32 = u32::from_le_bytes(*b"BKMT");
-const VERSION: u16 = 2;
-const RECORD_BYTES: usize = 64;
+const VERSION: u16 = 3;
+/// Version 2 records (no replay bound) are still read.
+const VERSION_2: u16 = 2;
+const RECORD_BYTES: usize = 72;
+const RECORD_BYTES_V2: usize = 64;
 const SLOT_STRIDE: u64 = 4096;
 
 /// The record.
@@ -37,6 +40,11 @@ pub struct MetaRecord {
     /// a restarted server knows the position of its state in the log even
     /// when its log no longer holds that entry.
     pub applied_term: u64,
+    /// 0, or the state was installed from a server still replaying its
+    /// log after a crash: it may hold effects of committed entries up to
+    /// this index, and is exact only once they are applied again (the
+    /// engine is recovering until a post-state hash matches).
+    pub replay_bound: u64,
 }
 
 impl MetaRecord {
@@ -49,22 +57,28 @@ impl MetaRecord {
         b[24..32].copy_from_slice(&self.gen.to_le_bytes());
         b[32..48].copy_from_slice(&self.state_hash.to_le_bytes());
         b[48..56].copy_from_slice(&self.applied_term.to_le_bytes());
-        let checksum = xxh3_64(&b[..56]);
-        b[56..64].copy_from_slice(&checksum.to_le_bytes());
+        b[56..64].copy_from_slice(&self.replay_bound.to_le_bytes());
+        let checksum = xxh3_64(&b[..64]);
+        b[64..72].copy_from_slice(&checksum.to_le_bytes());
         b
     }
 
     fn decode(b: &[u8]) -> Option<MetaRecord> {
-        let b = b.get(..RECORD_BYTES)?;
+        if b.get(0..4)? != MAGIC.to_le_bytes() {
+            return None;
+        }
+        let version = u16::from_le_bytes([*b.get(4)?, *b.get(5)?]);
+        let (b, checksum_at) = match version {
+            VERSION => (b.get(..RECORD_BYTES)?, 64),
+            VERSION_2 => (b.get(..RECORD_BYTES_V2)?, 56),
+            _ => return None,
+        };
         let u64_at = |at: usize| {
             let mut a = [0u8; 8];
             a.copy_from_slice(&b[at..at + 8]);
             u64::from_le_bytes(a)
         };
-        if b[0..4] != MAGIC.to_le_bytes() || b[4..6] != VERSION.to_le_bytes() {
-            return None;
-        }
-        if xxh3_64(&b[..56]) != u64_at(56) {
+        if xxh3_64(&b[..checksum_at]) != u64_at(checksum_at) {
             return None;
         }
         let mut hash = [0u8; 16];
@@ -75,6 +89,7 @@ impl MetaRecord {
             gen: u64_at(24),
             state_hash: u128::from_le_bytes(hash),
             applied_term: u64_at(48),
+            replay_bound: if version == VERSION { u64_at(56) } else { 0 },
         })
     }
 }
@@ -138,6 +153,7 @@ mod tests {
             gen: 0,
             state_hash: 0,
             applied_term: 0,
+            replay_bound: 0,
         };
         create(&mut tree, &record).unwrap();
         for i in 1..5u64 {
@@ -150,5 +166,30 @@ mod tests {
         let newest = (record.counter % 2) * SLOT_STRIDE;
         tree.write_at(META_PATH, newest + 20, &[0xFF]).unwrap();
         assert_eq!(read(&mut tree).unwrap().unwrap().applied_index, 30);
+    }
+
+    #[test]
+    fn a_version_2_record_reads_with_no_replay_bound() {
+        let record = MetaRecord {
+            counter: 7,
+            applied_index: 42,
+            gen: 3,
+            state_hash: 0x1234,
+            applied_term: 5,
+            replay_bound: 99,
+        };
+        let mut v2 = record.encode();
+        v2[4..6].copy_from_slice(&VERSION_2.to_le_bytes());
+        let checksum = xxh3_64(&v2[..56]);
+        v2[56..64].copy_from_slice(&checksum.to_le_bytes());
+        let read = MetaRecord::decode(&v2[..RECORD_BYTES_V2]).expect("a valid v2 record");
+        assert_eq!(
+            read,
+            MetaRecord {
+                replay_bound: 0,
+                ..record
+            }
+        );
+        assert_eq!(MetaRecord::decode(&record.encode()), Some(record));
     }
 }

@@ -9,7 +9,8 @@
 //!   between chunks), while a journal records every whole delta applied after
 //!   `S`. After the data it streams the journal (`REPLAY` chunks) up to `E`,
 //!   the index the committed state was at when the copy finished (every byte
-//!   copied was read at or before it), and finally `END (E, term_E, hash_E)`.
+//!   copied was read at or before it), and finally `END (E, term_E, hash_E,
+//!   bound)`.
 //!   Deltas applied after `E` are not needed, so a transfer ends even while
 //!   the source keeps applying faster than it streams. Chunk `k` always restarts from the same position
 //!   (file, offset) or (journal entry, part), so a transfer resumes from any
@@ -38,7 +39,17 @@
 //! 32 checksum u64 = xxh3_64(bytes 0..32 ‖ payload)          40 payload
 //! ```
 //! Kinds: 1 DATA (delta records), 2 REPLAY (one whole delta part), 3 END
-//! (`index u64, term u64, hash u128`: the log position and hash of the state).
+//! (`index u64, term u64, hash u128, bound u64`: the log position and hash
+//! of the state, and its replay bound).
+//!
+//! A source still replaying its log after a crash (`recovering`) sends its
+//! state as it is, with its replay bound: the files may hold effects of
+//! committed entries up to the bound, and the receiver installs them as a
+//! recovering state with the same bound (recorded in `meta`), so it
+//! replays the same entries over the same bytes and reaches the same exact
+//! state. Without this, a cluster whose up-to-date servers had all
+//! restarted could not catch up a server that needs a snapshot, and the
+//! entries up to the bound could never commit.
 
 use xxhash_rust::xxh3::Xxh3;
 
@@ -51,11 +62,24 @@ use super::meta::{self, MetaRecord};
 use super::tree::{join, FileTree, Kind};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"BKSN");
-const VERSION: u16 = 2;
+const VERSION: u16 = 3;
 pub const CHUNK_HEADER_BYTES: usize = 40;
 const KIND_DATA: u8 = 1;
 const KIND_REPLAY: u8 = 2;
 const KIND_END: u8 = 3;
+/// END: index u64, term u64, hash u128, replay bound u64.
+const END_PAYLOAD_BYTES: usize = 40;
+
+/// What an END chunk says.
+struct End {
+    index: u64,
+    term: u64,
+    hash: StateHash,
+    /// 0, or the source was still replaying its log after a crash: the
+    /// state may hold effects of committed entries up to here.
+    bound: u64,
+}
+
 /// Below this much room a data chunk is closed rather than split further.
 const CHUNK_ROOM_MIN: usize = 512;
 
@@ -77,7 +101,9 @@ pub struct SnapshotSource {
     /// The committed state (index, term, hash) when the copy finished: the
     /// replay stops there, so a transfer ends even while the source keeps
     /// applying faster than it streams.
-    end: Option<(u64, u64, StateHash)>,
+    /// The index, term and hash of the state the copy ends at, and the
+    /// replay bound if that state is still being replayed (0 if exact).
+    end: Option<(u64, u64, StateHash, u64)>,
 }
 
 impl SnapshotSource {
@@ -138,11 +164,11 @@ impl<T: FileTree> Engine<T> {
         if let Some(index) = self.diverged_at {
             return Err(EngineError::IsDiverged { index });
         }
-        if self.recovering {
-            return Err(EngineError::Snapshot(
-                "committed state not verified since restart".into(),
-            ));
-        }
+        // A state still being replayed after a crash is sent as it is, with
+        // its replay bound (the receiver replays the same entries over the
+        // same bytes): a cluster whose up-to-date servers all restarted must
+        // still be able to catch up a server that needs a snapshot before
+        // the entries up to the bound can commit.
         let previous = self.journal.as_ref().map_or(0, |j| j.snapshot_id);
         let mut hasher = Xxh3::new();
         hasher.update(&previous.to_le_bytes());
@@ -231,7 +257,17 @@ impl<T: FileTree> Engine<T> {
             Pos::Data { entry, .. } if entry >= source.entries.len() => {
                 // Every byte copied was read at or before this state; every
                 // delta up to it is in the journal.
-                source.end = Some((self.state_index, self.state_term, self.committed.hash()));
+                let bound = if self.recovering {
+                    self.replay_bound
+                } else {
+                    0
+                };
+                source.end = Some((
+                    self.state_index,
+                    self.state_term,
+                    self.committed.hash(),
+                    bound,
+                ));
                 source.cursor = Pos::Replay { entry: 0, part: 0 };
                 return self.snapshot_next(source);
             }
@@ -241,7 +277,7 @@ impl<T: FileTree> Engine<T> {
             }
             Pos::Replay { entry, part } => {
                 let journal = self.journal.as_ref().expect("checked above");
-                let (end_index, end_term, end_hash) =
+                let (end_index, end_term, end_hash, end_bound) =
                     source.end.expect("the replay starts after the copy");
                 if entry < journal.entries.len() && journal.entries[entry].0 <= end_index {
                     let parts = &journal.entries[entry].1;
@@ -259,10 +295,11 @@ impl<T: FileTree> Engine<T> {
                     };
                     chunk
                 } else {
-                    let mut payload = Vec::with_capacity(32);
+                    let mut payload = Vec::with_capacity(END_PAYLOAD_BYTES);
                     payload.extend_from_slice(&end_index.to_le_bytes());
                     payload.extend_from_slice(&end_term.to_le_bytes());
                     payload.extend_from_slice(&end_hash.to_le_bytes());
+                    payload.extend_from_slice(&end_bound.to_le_bytes());
                     source.cursor = Pos::Finished;
                     seal_chunk(source.id, seq, KIND_END, &payload)
                 }
@@ -382,14 +419,23 @@ impl<T: FileTree> Engine<T> {
                 self.install_ops(install, ops)?;
             }
             KIND_END => {
-                if payload.len() != 32 {
+                if payload.len() != END_PAYLOAD_BYTES {
                     return Err(corrupt(DecodeError::Truncated("END chunk")));
                 }
                 let index = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
                 let term = u64::from_le_bytes(payload[8..16].try_into().expect("8 bytes"));
                 let hash = u128::from_le_bytes(payload[16..32].try_into().expect("16 bytes"));
+                let bound = u64::from_le_bytes(payload[32..40].try_into().expect("8 bytes"));
                 install.next_seq += 1;
-                self.install_finish(install, index, term, hash)?;
+                self.install_finish(
+                    install,
+                    End {
+                        index,
+                        term,
+                        hash,
+                        bound,
+                    },
+                )?;
                 return Ok(InstallProgress::Installed {
                     index,
                     term,
@@ -417,13 +463,13 @@ impl<T: FileTree> Engine<T> {
     }
 
     /// Verifies, syncs and commits the received tree (see the module docs).
-    fn install_finish(
-        &mut self,
-        install: &SnapshotInstall,
-        index: u64,
-        term: u64,
-        hash: StateHash,
-    ) -> Result<(), EngineError> {
+    fn install_finish(&mut self, install: &SnapshotInstall, end: End) -> Result<(), EngineError> {
+        let End {
+            index,
+            term,
+            hash,
+            bound,
+        } = end;
         if self.diverged_at.is_none() && !self.recovering && index <= self.state_index {
             remove_recursive(&mut self.tree, &install.dir)?;
             return Err(EngineError::Snapshot(format!(
@@ -457,9 +503,10 @@ impl<T: FileTree> Engine<T> {
                 gen: install.gen,
                 state_hash: hash,
                 applied_term: term,
+                replay_bound: bound,
             },
         )?;
-        self.switch_base(install.gen, index, term, committed)
+        self.switch_base(install.gen, index, term, committed, bound)
     }
 }
 

@@ -39,7 +39,9 @@ pub enum CoreError {
 pub enum ProposeError {
     #[error("not the leader (leader hint: {leader:?})")]
     NotLeader { leader: Option<NodeId> },
-    #[error("too many uncommitted entries ({uncommitted}); retry later")]
+    #[error(
+        "too much uncommitted ({uncommitted} entries, or their bytes at the bound); retry later"
+    )]
     Backpressure { uncommitted: u64 },
     #[error("entry of {size_bytes} bytes exceeds the maximum of {max_bytes}")]
     TooLarge { size_bytes: u64, max_bytes: u64 },
@@ -77,11 +79,40 @@ struct LeaderState {
     seq: u64,
     reads: VecDeque<PendingRead>,
     check_quorum_elapsed: u32,
+    uncommitted: Uncommitted,
     /// The last index of the log when the current CheckQuorum period
     /// began: a follower keeps up if it holds that much by the period's
     /// end (entries proposed during the period are not yet owed).
     period_last: Index,
     heartbeat_elapsed: u32,
+}
+
+/// The payload bytes of this leader's log above the commit index, entry by
+/// entry: a follower's log must hold them all (with room for the next
+/// leader's barrier), so a leader bounds them (`uncommitted_bytes_max`) as
+/// well as their count.
+struct Uncommitted {
+    sizes: VecDeque<(Index, u64)>,
+    bytes: u64,
+}
+
+impl Uncommitted {
+    fn push(&mut self, index: Index, bytes: u64) {
+        debug_assert!(self.sizes.back().is_none_or(|&(last, _)| last < index));
+        self.sizes.push_back((index, bytes));
+        self.bytes += bytes;
+    }
+
+    /// Forgets the entries up to `commit`, which no longer count.
+    fn commit_to(&mut self, commit: Index) {
+        while let Some(&(index, bytes)) = self.sizes.front() {
+            if index > commit {
+                break;
+            }
+            self.sizes.pop_front();
+            self.bytes -= bytes;
+        }
+    }
 }
 
 /// The configurations in force: the one at the start of the log, and the
@@ -446,6 +477,15 @@ impl<L: LogStore> Raft<L> {
         if uncommitted + batch.len() as u64 > self.opts.uncommitted_entries_max {
             return Err(ProposeError::Backpressure { uncommitted });
         }
+        let leader = self.leader.as_ref().expect("leader state");
+        let bytes: u64 = batch.iter().map(|d| d.len() as u64).sum();
+        // At least one batch is always taken, however large: an entry the
+        // bound alone refused could never be proposed.
+        if leader.uncommitted.bytes > 0
+            && leader.uncommitted.bytes + bytes > self.opts.uncommitted_bytes_max
+        {
+            return Err(ProposeError::Backpressure { uncommitted });
+        }
         if let Some(big) = batch
             .iter()
             .find(|d| d.len() as u64 > self.opts.entry_bytes_max)
@@ -750,6 +790,20 @@ impl<L: LogStore> Raft<L> {
             // gets no leader from here, and a later election may.
             return self.become_follower(self.term, None);
         }
+        // Entries of earlier terms above the commit index count against
+        // this leader's bound until they commit.
+        let mut uncommitted = Uncommitted {
+            sizes: VecDeque::new(),
+            bytes: 0,
+        };
+        if self.commit < last.index {
+            for e in self
+                .log
+                .entries(self.commit + 1, last.index + 1, u64::MAX)?
+            {
+                uncommitted.push(e.index, e.data.len() as u64);
+            }
+        }
         let progress = self
             .peers()
             .into_iter()
@@ -765,6 +819,7 @@ impl<L: LogStore> Raft<L> {
             seq: 0,
             reads: VecDeque::new(),
             check_quorum_elapsed: 0,
+            uncommitted,
             period_last: last.index + 1,
             heartbeat_elapsed: 0,
         });
@@ -1196,6 +1251,10 @@ impl<L: LogStore> Raft<L> {
     fn leader_append(&mut self, entries: &[Entry]) -> Result<(), CoreError> {
         assert_eq!(self.role, Role::Leader);
         self.append_entries(entries)?;
+        let leader = self.leader.as_mut().expect("leader state");
+        for e in entries {
+            leader.uncommitted.push(e.index, e.data.len() as u64);
+        }
         for peer in self.peers() {
             self.send_append(peer)?;
         }
@@ -1466,6 +1525,7 @@ impl<L: LogStore> Raft<L> {
         self.commit = quorum_index;
         let term = self.term;
         let leader = self.leader.as_mut().expect("leader state");
+        leader.uncommitted.commit_to(quorum_index);
         if !leader.barrier_passed && self.commit >= leader.barrier {
             leader.barrier_passed = true;
             let index = leader.barrier;

@@ -23,6 +23,13 @@ pub struct Options {
     pub batch_bytes_max: u64,
     /// Proposals accepted beyond the commit index before `propose` pushes back.
     pub uncommitted_entries_max: u64,
+    /// Payload bytes accepted beyond the commit index before `propose`
+    /// pushes back (one batch is always accepted when none is pending).
+    /// Every follower's log must hold them, with room for a barrier: a log
+    /// full of entries that cannot commit yet takes nothing more, not even
+    /// the barrier a new leader needs to commit them. Set it to a fraction
+    /// of the smallest log's capacity.
+    pub uncommitted_bytes_max: u64,
     /// Largest payload of one entry.
     pub entry_bytes_max: u64,
     /// Read requests waiting for their quorum check.
@@ -43,6 +50,7 @@ impl Default for Options {
             batch_entries_max: 256,
             batch_bytes_max: 1 << 20,
             uncommitted_entries_max: 4096,
+            uncommitted_bytes_max: 64 << 20,
             entry_bytes_max: 8 << 20,
             pending_reads_max: 4096,
             mutation: Mutation::None,
@@ -69,6 +77,7 @@ impl Options {
             ("batch_entries_max", self.batch_entries_max as u64),
             ("batch_bytes_max", self.batch_bytes_max),
             ("uncommitted_entries_max", self.uncommitted_entries_max),
+            ("uncommitted_bytes_max", self.uncommitted_bytes_max),
             ("entry_bytes_max", self.entry_bytes_max),
             ("pending_reads_max", self.pending_reads_max as u64),
         ];

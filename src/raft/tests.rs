@@ -595,6 +595,48 @@ fn check_quorum_does_not_count_entries_proposed_during_the_period() {
 }
 
 #[test]
+fn uncommitted_bytes_are_bounded_but_one_batch_always_fits() {
+    // Every follower's log must hold the leader's uncommitted entries and
+    // a new leader's barrier (§5.4.2 needs an entry of the new term): the
+    // leader bounds their bytes, yet always accepts one batch when nothing
+    // is pending, however large.
+    let opts = Options {
+        uncommitted_bytes_max: 100,
+        ..Options::default()
+    };
+    let mut r = core_with(1, &[1, 2, 3], opts);
+    time_out(&mut r);
+    r.handle_message(msg(2, 1, 1, Body::PreVoteResponse { granted: true }))
+        .unwrap();
+    r.handle_message(msg(2, 1, 1, Body::VoteResponse { granted: true }))
+        .unwrap();
+    drain(&mut r);
+    assert_eq!(r.role(), Role::Leader);
+    r.propose(Bytes::from(vec![1u8; 150])).unwrap();
+    assert!(matches!(
+        r.propose(Bytes::from_static(b"x")),
+        Err(crate::raft::ProposeError::Backpressure { .. })
+    ));
+    // Once a majority holds everything, the bound frees up.
+    sync(&mut r);
+    r.handle_message(msg(
+        2,
+        1,
+        1,
+        Body::AppendResponse {
+            result: AppendResult::Success { match_index: 2 },
+            seq: 0,
+        },
+    ))
+    .unwrap();
+    drain(&mut r);
+    assert_eq!(r.commit_index(), 2);
+    r.propose(Bytes::from(vec![2u8; 60])).unwrap();
+    r.propose(Bytes::from(vec![3u8; 40])).unwrap();
+    assert!(r.propose(Bytes::from_static(b"y")).is_err());
+}
+
+#[test]
 fn read_index_is_refused_before_the_barrier_commits() {
     let mut r = leader();
     assert!(matches!(

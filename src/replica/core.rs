@@ -1756,14 +1756,22 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         self.stats.snapshots_installed += 1;
         self.effects.push_back(Effect::ResetApplication);
         self.applied = self.applied.max(at.index);
-        self.reload_sessions()?;
+        let status = self.engine.status();
+        // A state from a source still replaying its log after a crash is
+        // exact only once replayed here too: its session records may be
+        // torn (read once it is exact) and its hash is not the index's.
+        if status.recovering {
+            self.sessions_stale = true;
+        } else {
+            self.reload_sessions()?;
+        }
         if self.diverged.take().is_some() {
             self.raft.set_electable(true)?;
         }
         self.effects.push_back(Effect::Applied {
             index: at.index,
             term: at.term,
-            state_hash: Some(self.engine.status().state_hash),
+            state_hash: (!status.recovering).then_some(status.state_hash),
         });
         self.drain_raft()?;
         // Entries after the snapshot that the log already holds, as far as

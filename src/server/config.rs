@@ -380,11 +380,23 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// A quarter of the log space that entries not yet released can count
+    /// on (one segment is kept free, the head one may hold released
+    /// entries): with entries of at most half a segment, at least half of
+    /// that space takes entries, so every follower holds the uncommitted
+    /// backlog twice over, with room for a new leader's barrier.
+    fn uncommitted_bytes_max(&self) -> u64 {
+        let usable =
+            u64::from(self.log.segment_count.saturating_sub(2)) * (self.log.segment_mib << 20);
+        (usable / 4).clamp(1, Options::default().uncommitted_bytes_max)
+    }
+
     pub fn raft_options(&self) -> Options {
         Options {
             heartbeat_ticks: self.timing.heartbeat_ticks,
             election_ticks_min: self.timing.election_ticks_min,
             entry_bytes_max: self.pipeline.entry_bytes_max,
+            uncommitted_bytes_max: self.uncommitted_bytes_max(),
             ..Options::default()
         }
     }

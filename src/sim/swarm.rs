@@ -119,6 +119,12 @@ impl Draw {
             .batch_bytes_max
             .min(usable_bytes(d.geometry) / 4)
             .max(1);
+        // As a server's configuration sets it: a follower's log holds the
+        // leader's uncommitted backlog twice over (replica seed 876162001:
+        // twelve entries of up to 32 KiB, proposed while no majority
+        // answered, filled a 6 x 64 KiB ring on every follower, and none
+        // could take the barrier that would commit them).
+        d.opts.uncommitted_bytes_max = (usable_bytes(d.geometry) / 4).max(1);
         d
     }
 
@@ -192,7 +198,7 @@ impl Draw {
         let f = &self.faults;
         let mut out = format!(
             "{}: batch {} entries/{} B, window {}, election {} ticks, heartbeat {}, \
-             uncommitted {}, sync <= {}us, clocks {}, log {}x{} KiB",
+             uncommitted {}/{} B, sync <= {}us, clocks {}, log {}x{} KiB",
             if self.swarm { "swarm" } else { "fixed" },
             o.batch_entries_max,
             o.batch_bytes_max,
@@ -200,6 +206,7 @@ impl Draw {
             o.election_ticks_min,
             o.heartbeat_ticks,
             o.uncommitted_entries_max,
+            o.uncommitted_bytes_max,
             self.timing.sync_us_max,
             describe_rates(&self.clock_rates),
             self.geometry.segment_count,
