@@ -705,10 +705,19 @@ impl<L: LogStore> Raft<L> {
         if self.leader_id != leader {
             self.acked = 0;
         }
+        let kept_waiting = self.role == Role::Follower && leader.is_none();
         self.role = Role::Follower;
         self.leader_id = leader;
         self.votes.clear();
-        self.reset_election_timer();
+        // A follower that only learns a higher term (from a vote request
+        // it may deny, or a stale answer) keeps its election timer (Raft
+        // §5.2: only a leader's message or a granted vote resets it).
+        // Otherwise a candidate that cannot win, timing out faster than a
+        // server that could, would hold that server back for ever (swarm
+        // seed 475334837: a slow clock on the only up-to-date server).
+        if !kept_waiting {
+            self.reset_election_timer();
+        }
         Ok(())
     }
 

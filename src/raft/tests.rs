@@ -390,6 +390,60 @@ fn follower_in_lease_ignores_votes_and_denies_pre_votes() {
 }
 
 #[test]
+fn a_denied_vote_does_not_reset_the_election_timer() {
+    // Raft §5.2: a follower's election timer restarts when it hears from
+    // the leader or grants a vote, not when a candidate it refuses raises
+    // the term; else a candidate that cannot win, timing out faster, would
+    // keep the only server that can win from ever campaigning.
+    let mut r = core(3);
+    let append = Body::Append {
+        prev: LogId::ZERO,
+        entries: vec![entry(1, 1)],
+        commit: 0,
+        seq: 0,
+    };
+    r.handle_message(msg(1, 3, 1, append)).unwrap();
+    sync(&mut r);
+    // A higher term from a stale answer: no leader any more, no lease.
+    r.handle_message(msg(2, 3, 2, Body::VoteResponse { granted: false }))
+        .unwrap();
+    let waited = Options::default().election_ticks_min - 1;
+    for _ in 0..waited {
+        r.handle_tick().unwrap();
+    }
+    drain(&mut r);
+    assert_eq!(r.election_elapsed(), waited);
+    r.handle_message(msg(
+        2,
+        3,
+        3,
+        Body::Vote {
+            last_log: LogId::ZERO,
+        },
+    ))
+    .unwrap();
+    assert!(sent(&drain(&mut r)).contains(&msg(3, 2, 3, Body::VoteResponse { granted: false })));
+    assert_eq!(r.role(), Role::Follower);
+    assert_eq!(
+        r.election_elapsed(),
+        waited,
+        "the refused candidate did not reset the timer"
+    );
+    // A granted vote does.
+    r.handle_message(msg(
+        1,
+        3,
+        4,
+        Body::Vote {
+            last_log: LogId::new(1, 1),
+        },
+    ))
+    .unwrap();
+    assert!(sent(&drain(&mut r)).contains(&msg(3, 1, 4, Body::VoteResponse { granted: true })));
+    assert_eq!(r.election_elapsed(), 0);
+}
+
+#[test]
 fn vote_is_granted_once_per_term_and_only_to_an_up_to_date_log() {
     // Raft §5.2 (one vote per term) and §5.4.1 (election restriction).
     let mut r = core(3);
