@@ -203,7 +203,12 @@ fn replica_regression_seeds() {
 /// the two up-to-date servers restarted after a power failure and were
 /// still replaying their logs, the third live one needed a snapshot, and
 /// a recovering server refused to send one, so nothing could commit (a
-/// recovering state is now sent with its replay bound).
+/// recovering state is now sent with its replay bound). 808903010 (on the
+/// build before the election-timer fix): a server paused since a client's
+/// previous session answered that session's sequence 10, attempt 1, and
+/// the simulated client, at sequence 10 attempt 1 of a new session, took
+/// it (an I1 report against a correct cluster); clients now match the
+/// session too.
 #[test]
 fn replica_swarm_seeds_pass_every_checker() {
     use bunker::sim::{run_replica_seed, ReplicaRunConfig};
@@ -218,7 +223,7 @@ fn replica_swarm_seeds_pass_every_checker() {
         ..ReplicaRunConfig::default()
     };
     let failures: Vec<String> = (0..seeds)
-        .chain([700_067, 876_162_001, 876_162_315])
+        .chain([700_067, 876_162_001, 876_162_315, 808_903_010])
         .filter_map(|seed| {
             let report = run_replica_seed(seed, &cfg);
             report.violations.first().map(|v| {

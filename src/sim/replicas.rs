@@ -500,16 +500,22 @@ impl ReplicaSim {
                 reply,
                 commit,
             } => {
-                let latest = self
-                    .clients
-                    .get(client)
-                    .is_some_and(|c| c.attempts & 0xFFFF == attempt);
+                // The latest send of the client's current session (an open
+                // answers with the new session's id): attempt numbers
+                // restart with every command, and sequence numbers with
+                // every session, so an answer from a server paused since an
+                // earlier session can carry the same pair (replica swarm
+                // seed 808903010).
+                let latest = self.clients.get(client).is_some_and(|c| {
+                    let same_session = c.id == session || (c.id == 0 && seq == OPEN_SEQ);
+                    c.attempts & 0xFFFF == attempt && same_session
+                });
                 let now = self.now_us;
                 self.trace.record(now, None, "answer", || {
                     let taken = if latest {
                         "taken"
                     } else {
-                        "ignored (earlier attempt)"
+                        "ignored (earlier attempt or session)"
                     };
                     format!(
                         "client {client} seq {seq} attempt {attempt}: {} ({taken})",
