@@ -463,3 +463,66 @@ fn releasing_the_log_past_the_checkpoint_is_caught() {
     let violations = follower_crash_after_checkpoints(ReplicaMutation::ReleasePastCheckpoint);
     assert!(!violations.is_empty(), "the lost log tail went unnoticed");
 }
+
+// ----- servers still replaying their logs send snapshots -------------------
+
+/// After a power failure the up-to-date servers replay their logs
+/// (recovering) until the entries up to their logs' ends commit again, and
+/// that needs a third server, which lags behind the log they released:
+/// they must send it their state as it is, with its replay bound, and it
+/// replays the same entries (replica swarm seed 876162315 stalled for ever
+/// when recovering servers refused to send a snapshot).
+#[test]
+fn recovering_servers_catch_up_a_lagging_one_by_snapshot() {
+    let (mut violations, mut recovering_installs) = (Vec::new(), 0);
+    for seed in 0..4u64 {
+        let mut sim = sim(90 + seed, ReplicaMutation::None);
+        let leader = sim.wait_for_ready_leader(2 * SECOND).expect("leader");
+        fund(&mut sim, leader);
+        let rest = others(&sim, leader);
+        let (lagging, up, gone) = (rest[0], rest[1], [rest[2], rest[3]]);
+        sim.isolate(lagging);
+        sim.start_clients();
+        // Under load until the two that stay released their logs past
+        // the lagging server's end.
+        let deadline = sim.now_us + 3 * SECOND;
+        sim.run_until(deadline, |s| {
+            let lag_end = s
+                .replica(lagging)
+                .map_or(0, |r| r.raft().last_log_id().index);
+            [leader, up].iter().all(|&n| {
+                s.replica(n)
+                    .is_some_and(|r| r.raft().log().snapshot_id().index > lag_end + 1)
+            })
+        });
+        for n in gone {
+            sim.destroy(n);
+        }
+        sim.crash(leader);
+        sim.crash(up);
+        sim.net.heal_all();
+        sim.restart(leader);
+        sim.restart(up);
+        // The lagging server's first snapshot: taken from a server still
+        // replaying its log, it is itself a state still being replayed.
+        let installs = |s: &ReplicaSim| {
+            s.replica(lagging)
+                .map_or(0, |r| r.stats().snapshots_installed)
+        };
+        let before = installs(&sim);
+        let deadline = sim.now_us + 5 * SECOND;
+        sim.run_until(deadline, |s| installs(s) > before);
+        if sim
+            .replica(lagging)
+            .is_some_and(|r| installs(&sim) > before && r.engine().status().recovering)
+        {
+            recovering_installs += 1;
+        }
+        violations.extend(sim.converge_and_check(10 * SECOND));
+    }
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert!(
+        recovering_installs > 0,
+        "no lagging server caught up from a state still being replayed"
+    );
+}

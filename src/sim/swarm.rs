@@ -278,7 +278,7 @@ pub fn fit_uncommitted(wanted: u64, geometry: Geometry, record_bytes: u64) -> u6
 
 /// The log space that entries not yet released can count on: one segment
 /// is kept free and the head one may still hold released entries.
-fn usable_bytes(geometry: Geometry) -> u64 {
+pub(crate) fn usable_bytes(geometry: Geometry) -> u64 {
     u64::from(geometry.segment_count.saturating_sub(2))
         * geometry
             .segment_bytes
