@@ -342,6 +342,11 @@ impl Sim {
         self.checker.set_now(self.now_us);
         self.checker.set_server(next.event.server());
         self.stats.events += 1;
+        if let Some(why) = super::over_budget(self.stats.events, self.now_us, self.queue.len()) {
+            self.checker.fail(why);
+            self.queue.clear();
+            return false;
+        }
         self.dispatch(next.event);
         if self.trace.on() && !self.checker.violations.is_empty() {
             // The ring ends where the run first went wrong.
