@@ -208,7 +208,13 @@ fn replica_regression_seeds() {
 /// previous session answered that session's sequence 10, attempt 1, and
 /// the simulated client, at sequence 10 attempt 1 of a new session, took
 /// it (an I1 report against a correct cluster); clients now match the
-/// session too.
+/// session too. 360356974: two followers restarted after a power failure
+/// with rings full of committed entries above their checkpoint, and had
+/// nothing to apply until their logs took more entries: nothing released
+/// their logs (the release looked only at the ring's fill percentage,
+/// and ran only after applies and checkpoints). A refused append now
+/// makes the release urgent, the release runs every tick, and a server
+/// still replaying its log may checkpoint (with its replay bound).
 #[test]
 fn replica_swarm_seeds_pass_every_checker() {
     use bunker::sim::{run_replica_seed, ReplicaRunConfig};
@@ -223,7 +229,7 @@ fn replica_swarm_seeds_pass_every_checker() {
         ..ReplicaRunConfig::default()
     };
     let failures: Vec<String> = (0..seeds)
-        .chain([700_067, 876_162_001, 876_162_315, 808_903_010])
+        .chain([700_067, 876_162_001, 876_162_315, 808_903_010, 360_356_974])
         .filter_map(|seed| {
             let report = run_replica_seed(seed, &cfg);
             report.violations.first().map(|v| {

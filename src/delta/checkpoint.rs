@@ -19,8 +19,15 @@
 //!
 //! Invariants: at most one checkpoint in flight; `durable_index` only grows
 //! (a snapshot install resets it to the installed index, which is larger);
-//! no checkpoint is taken while the engine is recovering or diverged (the
-//! files do not hold the state of any index then).
+//! no checkpoint is taken while the engine is diverged. A checkpoint taken
+//! while the engine is recovering (replaying its log after a crash) records
+//! the replay bound with it: the files may hold effects of committed
+//! entries up to the bound, as after the crash, and a restart replays from
+//! the checkpoint with the same tolerance. Refusing instead would keep the
+//! log from being released until the replay ends, and the replay ends only
+//! when the entries up to the bound commit again, which may need room in
+//! this very log (replica swarm seed 360356974: two followers' rings full
+//! of committed entries, a leader's barrier that could not fit).
 
 use std::collections::BTreeSet;
 
@@ -111,14 +118,11 @@ impl<T: FileTree> Engine<T> {
     }
 
     /// Starts a checkpoint at the current state index, unless one is in
-    /// flight, nothing was applied since the last one, or the files hold
-    /// no index's state (recovering, diverged). Returns whether it started.
+    /// flight, nothing was applied since the last one, or the engine is
+    /// diverged. Returns whether it started.
     pub fn checkpoint_start(&mut self) -> Result<bool, EngineError> {
         let c = &self.checkpoint;
-        if c.inflight.is_some()
-            || self.recovering
-            || self.diverged_at.is_some()
-            || self.state_index <= c.durable_index
+        if c.inflight.is_some() || self.diverged_at.is_some() || self.state_index <= c.durable_index
         {
             return Ok(false);
         }
@@ -128,7 +132,11 @@ impl<T: FileTree> Engine<T> {
             gen: self.gen,
             state_hash: self.committed.hash(),
             applied_term: self.state_term,
-            replay_bound: 0,
+            replay_bound: if self.recovering {
+                self.replay_bound
+            } else {
+                0
+            },
         };
         let c = &mut self.checkpoint;
         let files: Vec<String> = std::mem::take(&mut c.dirty_files).into_iter().collect();

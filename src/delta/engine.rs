@@ -327,12 +327,13 @@ pub struct Engine<T: FileTree> {
     /// While recovering, a post-state mismatch at an index below this one
     /// is a partly applied state still being replayed; at or above it, a
     /// divergence. The caller sets it to its log's last index at restart:
-    /// nothing beyond it was ever applied. A state installed from a
-    /// recovering source carries the source's bound (`meta`).
+    /// nothing beyond it was ever applied. A checkpoint or an installed
+    /// snapshot of a recovering state records its bound (`meta`).
     pub(crate) replay_bound: u64,
-    /// The bound recorded in `meta` (0 if none): `set_replay_bound` never
-    /// lowers the bound below it.
-    installed_bound: u64,
+    /// The bound recorded in `meta` by a checkpoint or a snapshot install
+    /// taken while recovering (0 if none): `set_replay_bound` never lowers
+    /// the bound below it.
+    recorded_bound: u64,
 }
 
 /// One path's effect during an apply (for re-indexing afterwards).
@@ -398,7 +399,7 @@ impl<T: FileTree> Engine<T> {
             stash_fresh: false,
             checkpoint: super::checkpoint::Checkpoints::new(record.applied_index),
             replay_bound: u64::MAX,
-            installed_bound: record.replay_bound,
+            recorded_bound: record.replay_bound,
         };
         if let Err(err) = engine.rebuild_live() {
             return Err((err, engine.tree));
@@ -1328,7 +1329,7 @@ impl<T: FileTree> Engine<T> {
         let post_actual = self.committed.hash();
         if post_actual == header.post_hash {
             self.recovering = false;
-            self.installed_bound = 0;
+            self.recorded_bound = 0;
             return Ok(());
         }
         if self.recovering && index < self.replay_bound {
@@ -1345,7 +1346,7 @@ impl<T: FileTree> Engine<T> {
 
     /// See `replay_bound`: the last index of the caller's log at restart.
     pub fn set_replay_bound(&mut self, index: u64) {
-        self.replay_bound = index.max(self.installed_bound);
+        self.replay_bound = index.max(self.recorded_bound);
     }
 
     /// Bookkeeping of the working copy after `base/` moved forward.
@@ -1826,7 +1827,7 @@ impl<T: FileTree> Engine<T> {
         // A state from a recovering source is exact once replayed to
         // `bound` (see `snapshot.rs`).
         self.recovering = bound > index;
-        self.installed_bound = bound;
+        self.recorded_bound = bound;
         if self.recovering {
             self.replay_bound = bound;
         }

@@ -40,10 +40,11 @@ pub struct MetaRecord {
     /// a restarted server knows the position of its state in the log even
     /// when its log no longer holds that entry.
     pub applied_term: u64,
-    /// 0, or the state was installed from a server still replaying its
-    /// log after a crash: it may hold effects of committed entries up to
-    /// this index, and is exact only once they are applied again (the
-    /// engine is recovering until a post-state hash matches).
+    /// 0, or the state was recorded (checkpoint, or snapshot install from
+    /// another server) while still being replayed after a crash: it may
+    /// hold effects of committed entries up to this index, and is exact
+    /// only once they are applied again (the engine is recovering until a
+    /// post-state hash matches).
     pub replay_bound: u64,
 }
 

@@ -163,6 +163,11 @@ pub struct Raft<L: LogStore> {
     leader_seq: u64,
     configs: Configs,
     election_elapsed: u32,
+    /// Appends and proposals refused, whole or in part, for lack of log
+    /// space: the layer above releases the log prefix urgently when it
+    /// grows (the ring's fill percentage alone can look low while large
+    /// entries no longer fit).
+    room_refusals: u64,
     election_timeout: u32,
     /// Ticks since a leader of the current term was last heard from.
     leader_contact_elapsed: u32,
@@ -224,6 +229,7 @@ impl<L: LogStore> Raft<L> {
             leader_seq: 0,
             configs,
             election_elapsed: 0,
+            room_refusals: 0,
             election_timeout: 0,
             leader_contact_elapsed: u32::MAX,
             votes: BTreeMap::new(),
@@ -261,6 +267,12 @@ impl<L: LogStore> Raft<L> {
     /// Ticks since the election timer was last reset.
     pub fn election_elapsed(&self) -> u32 {
         self.election_elapsed
+    }
+
+    /// How many appends and proposals the log refused, whole or in part,
+    /// for lack of space (see the field).
+    pub fn room_refusals(&self) -> u64 {
+        self.room_refusals
     }
     pub fn commit_index(&self) -> Index {
         self.commit
@@ -506,6 +518,7 @@ impl<L: LogStore> Raft<L> {
             })
             .collect();
         if self.prefix_that_fits(&entries) < entries.len() {
+            self.room_refusals += 1;
             return Err(ProposeError::LogFull);
         }
         let range = ProposedRange {
@@ -793,6 +806,7 @@ impl<L: LogStore> Raft<L> {
             data: Bytes::new(),
         };
         if !self.log.has_room(std::slice::from_ref(&barrier)) {
+            self.room_refusals += 1;
             // Every append of commands keeps room for a barrier
             // (`prefix_that_fits`), so this needs a log that filled with
             // barriers alone; rather than stop, do not lead: this term
@@ -1122,6 +1136,9 @@ impl<L: LogStore> Raft<L> {
             // much; the leader sends the rest again, and room comes back
             // as this server applies, checkpoints and releases its prefix.
             let fits = self.prefix_that_fits(&entries[pos..]);
+            if fits < entries.len() - pos {
+                self.room_refusals += 1;
+            }
             if fits == 0 {
                 return Ok(());
             }

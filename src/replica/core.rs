@@ -433,6 +433,11 @@ pub struct Replica<L: LogStore, T: FileTree> {
     ticks_since_request: u32,
     /// Ticks since the last checkpoint started.
     ticks_since_checkpoint: u32,
+    /// The core's `room_refusals` when last looked at; while the log is
+    /// pressed (it refused something since), checkpoints and releases
+    /// are urgent.
+    room_refusals_seen: u64,
+    log_pressed: bool,
     outgoing: Option<Outgoing>,
     next_transfer: u64,
     snapshot_queue: VecDeque<NodeId>,
@@ -488,6 +493,8 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
             diverged: None,
             ticks_since_request: 0,
             ticks_since_checkpoint: 0,
+            room_refusals_seen: 0,
+            log_pressed: false,
             outgoing: None,
             next_transfer: seed << 20,
             snapshot_queue: VecDeque::new(),
@@ -1482,15 +1489,24 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         if self.engine.checkpoint_poll()?.is_some() {
             self.maybe_compact()?;
         }
+        if self.raft.room_refusals() > self.room_refusals_seen {
+            self.room_refusals_seen = self.raft.room_refusals();
+            self.log_pressed = true;
+        }
+        let pressed =
+            self.log_pressed || self.raft.log().space_used_percent() >= LOG_SPACE_RELEASE_PERCENT;
         let (entries, bytes) = self.engine.since_checkpoint();
         let due = entries >= self.cfg.checkpoint_entries
             || bytes >= self.cfg.checkpoint_bytes
             || (entries > 0 && self.ticks_since_checkpoint >= self.cfg.checkpoint_ticks)
-            || (entries > 0 && self.raft.log().space_used_percent() >= LOG_SPACE_RELEASE_PERCENT);
+            || (entries > 0 && pressed);
         if due && self.engine.checkpoint_start()? {
             self.ticks_since_checkpoint = 0;
         }
-        Ok(())
+        // Also when nothing was applied or checkpointed lately: a server
+        // restarted with a full log may have nothing to apply until its
+        // log takes more entries.
+        self.maybe_compact()
     }
 
     fn maybe_compact(&mut self) -> Result<(), ReplicaError> {
@@ -1503,15 +1519,17 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         };
         let released = self.raft.log().snapshot_id().index;
         let used = self.raft.log().space_used_percent();
-        let keep = if used >= LOG_SPACE_URGENT_PERCENT {
+        let keep = if used >= LOG_SPACE_URGENT_PERCENT || self.log_pressed {
             0
         } else {
             self.cfg.compact_keep_entries
         };
+        let pressed = used >= LOG_SPACE_RELEASE_PERCENT || self.log_pressed;
         let due = durable > released + self.cfg.compact_entries + keep
-            || (used >= LOG_SPACE_RELEASE_PERCENT && durable > released + keep);
+            || (pressed && durable > released + keep);
         if due {
             self.raft.compact(durable - keep)?;
+            self.log_pressed = false;
             self.drain_raft()?;
         }
         Ok(())
