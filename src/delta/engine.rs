@@ -139,6 +139,11 @@ pub enum EngineError {
     /// Snapshot transfer problems (the peer, or a stale/abandoned transfer).
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// A whole snapshot arrived, but the committed state here is already
+    /// at or past its index (the source's apply lagged its commit): the
+    /// transfer is over, with nothing to install.
+    #[error("snapshot at {index} is not ahead of the committed state at {state_index}")]
+    SnapshotBehind { index: u64, state_index: u64 },
     #[error("bad engine configuration: {0}")]
     Config(&'static str),
 }

@@ -472,10 +472,10 @@ impl<T: FileTree> Engine<T> {
         } = end;
         if self.diverged_at.is_none() && !self.recovering && index <= self.state_index {
             remove_recursive(&mut self.tree, &install.dir)?;
-            return Err(EngineError::Snapshot(format!(
-                "snapshot at {index} is not ahead of the committed state at {}",
-                self.state_index
-            )));
+            return Err(EngineError::SnapshotBehind {
+                index,
+                state_index: self.state_index,
+            });
         }
         let committed = scan_tree(&mut self.tree, &install.dir)?;
         if committed.hash() != hash {

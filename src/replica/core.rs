@@ -1743,8 +1743,18 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
                     return self.ack_snapshot(from, snapshot, next);
                 }
                 Err(EngineError::Storage(e)) => return Err(EngineError::Storage(e).into()),
+                Err(EngineError::SnapshotBehind { .. }) => {
+                    // Nothing to install: this server is already past the
+                    // source's state (whose apply lagged its commit). The
+                    // transfer is over (an acknowledgement past its end);
+                    // the leader's appends carry on from this server's log.
+                    // Starting over would resend the same state for ever
+                    // (replica swarm seed 602550638).
+                    let next = self.incoming.take().map_or(0, |i| i.install.next_seq());
+                    return self.ack_snapshot(from, snapshot, next);
+                }
                 Err(_) => {
-                    // A bad chunk or a stale snapshot: start over.
+                    // A bad chunk: start over.
                     self.incoming = None;
                     return self.ack_snapshot(from, snapshot, 0);
                 }
