@@ -8,7 +8,10 @@
 //! last kept write possibly torn): unsynced file data, unsynced modes and
 //! unsynced directory entries may each be lost independently, which is what
 //! POSIX allows. A rename is one event for the crash (kept or lost whole), as
-//! journaling filesystems guarantee. Change tracking records every mutated
+//! journaling filesystems guarantee. An inode with more than
+//! `UNSYNCED_MUTATIONS_MAX` unsynced mutations writes the older half back
+//! (they become durable, in order), as a kernel would, so a file never
+//! synced does not keep a whole run's writes in memory. Change tracking records every mutated
 //! path under the watched root, like inotify would.
 //!
 //! Fault injection: [`MemTree::crash_after_ops`] makes the n-th mutation (or
@@ -30,6 +33,26 @@ use super::tree::{
 
 type Ino = u64;
 const ROOT: Ino = 0;
+/// Unsynced mutations one inode keeps; past it, the older half is written
+/// back (becomes durable), as a kernel writes dirty pages back on its own.
+/// Files never synced (the working copy, a journal between checkpoints)
+/// otherwise kept every write of a long run in memory: a replica
+/// simulation of 20,000 seeds peaked at 11.6 GB.
+const UNSYNCED_MUTATIONS_MAX: usize = 512;
+
+/// Makes the older half of `inode`'s unsynced mutations durable, in order,
+/// stopping before half of a rename (a rename is kept or lost whole, with
+/// its other half in another inode).
+fn write_back_oldest(inode: &mut Inode) {
+    let half = inode.unsynced.len() / 2;
+    let upto = inode.unsynced[..half]
+        .iter()
+        .position(|m| matches!(m, Mutation::Entry { group: Some(_), .. }))
+        .unwrap_or(half);
+    for mutation in inode.unsynced.drain(..upto) {
+        apply_mutation(&mut inode.durable, &mutation);
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct State {
@@ -281,6 +304,9 @@ impl MemTree {
         let inode = self.inodes.get_mut(&ino).expect("looked-up inode");
         apply_mutation(&mut inode.current, &mutation);
         inode.unsynced.push(mutation);
+        if inode.unsynced.len() > UNSYNCED_MUTATIONS_MAX {
+            write_back_oldest(inode);
+        }
     }
 
     fn record_change(&mut self, path: &str, subtree: bool) {
@@ -657,6 +683,26 @@ pub fn listing<T: FileTree>(tree: &mut T, root: &str) -> Result<Listing, TreeErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_never_synced_keeps_a_bounded_history_written_back_in_order() {
+        let mut tree = MemTree::new(5);
+        tree.create_file("f", 0o644).unwrap();
+        tree.sync(&[], &["".into()]).unwrap();
+        let writes = 3 * UNSYNCED_MUTATIONS_MAX;
+        for i in 0..writes {
+            tree.write_at("f", i as u64, &[i as u8]).unwrap();
+        }
+        assert!(tree.unsynced_count() <= UNSYNCED_MUTATIONS_MAX + 1);
+        tree.crash();
+        // What was written back survives, in order; the rest may not.
+        let data = tree.with_file("f", |b| b.to_vec()).unwrap();
+        let kept = writes - UNSYNCED_MUTATIONS_MAX - 1;
+        assert!(data.len() >= kept, "{} bytes survived", data.len());
+        for (i, byte) in data.iter().enumerate().take(kept) {
+            assert_eq!(*byte, i as u8);
+        }
+    }
 
     #[test]
     fn unsynced_data_may_be_lost_synced_data_is_not() {
