@@ -146,12 +146,7 @@ pub fn run(mut args: E2eArgs) -> Result<(), String> {
         args.seconds = 2;
         args.apps = vec!["blob".into()];
     }
-    let exe = match &args.bunker {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("bunker"),
-    };
+    let exe = crate::bunker_exe(&args.bunker)?;
     if !exe.exists() {
         return Err(format!(
             "{} not found: build it first (cargo build --release -p bunker) or pass --bunker",

@@ -12,6 +12,16 @@ mod log;
 mod net;
 mod recovery;
 
+/// The `bunker` executable: the one given, or the one next to this program.
+fn bunker_exe(given: &Option<std::path::PathBuf>) -> Result<std::path::PathBuf, String> {
+    match given {
+        Some(p) => Ok(p.clone()),
+        None => Ok(std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("bunker")),
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "bunker-bench",

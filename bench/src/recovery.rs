@@ -49,12 +49,7 @@ pub fn run(args: RecoveryArgs) -> Result<(), String> {
             args.app
         ));
     }
-    let exe = match &args.bunker {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("bunker"),
-    };
+    let exe = crate::bunker_exe(&args.bunker)?;
     let root = args.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("bunker-recovery-{}", std::process::id()))
     });

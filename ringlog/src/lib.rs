@@ -192,6 +192,15 @@ pub trait LogStore {
         true
     }
 
+    /// The bytes entries `[lo, hi)` take: at least their payloads (a store
+    /// may count its records' headers and padding too), for `lo..hi`
+    /// within the log. The default reads the entries; a store that knows
+    /// its records' sizes answers without reading them.
+    fn entry_bytes(&self, lo: Index, hi: Index) -> Result<u64, StorageError> {
+        let entries = self.entries(lo, hi, u64::MAX)?;
+        Ok(entries.iter().map(|e| e.data.len() as u64).sum())
+    }
+
     /// How full the log's space is, in percent (0 for a log without a
     /// fixed capacity): the replica releases the prefix early when it rises.
     fn space_used_percent(&self) -> u8 {

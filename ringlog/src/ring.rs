@@ -765,6 +765,23 @@ impl<D: Disk> LogStore for RingLog<D> {
             && self.fits(&sizes, CONTROL_RESERVE_BYTES)
     }
 
+    fn entry_bytes(&self, lo: Index, hi: Index) -> Result<u64, StorageError> {
+        let (first, last) = (self.snapshot.index + 1, self.last_id().index);
+        if lo >= hi {
+            return Ok(0);
+        }
+        if lo < first || hi > last + 1 {
+            return Err(StorageError::Unavailable {
+                index: lo,
+                first,
+                last,
+            });
+        }
+        // Record sizes (header, payload, padding): an upper bound of the
+        // payloads, from memory.
+        Ok((lo..hi).map(|i| u64::from(self.slot(i).len)).sum())
+    }
+
     fn space_used_percent(&self) -> u8 {
         let count = self.superblock.segment_count;
         let in_use = (self.tail + count - self.head) % count + 1;

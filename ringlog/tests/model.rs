@@ -84,6 +84,14 @@ impl Harness {
                 "term({index})"
             );
         }
+        // The byte count from record sizes never undercounts the payloads.
+        if last > lo {
+            let entries = log.entries(lo + 1, last + 1, u64::MAX).expect("entries");
+            let payload: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
+            let counted = log.entry_bytes(lo + 1, last + 1).expect("entry_bytes");
+            assert!(counted >= payload, "{counted} < {payload}");
+        }
+        assert!(log.entry_bytes(last + 1, last + 2).is_err());
     }
 
     fn run(&mut self, step: Step) -> Result<(), TestCaseError> {

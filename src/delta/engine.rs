@@ -513,16 +513,7 @@ impl<T: FileTree> Engine<T> {
     pub fn has_changes(&mut self) -> Result<bool, EngineError> {
         // The application ran since any earlier call: look at everything.
         self.stash_fresh = false;
-        let changes = match self.take_tree_changes() {
-            Ok(changes) => changes,
-            Err(err) => {
-                self.mark_unknown(&Changes {
-                    rescan: [String::new()].into(),
-                    ..Changes::default()
-                });
-                return Err(err.into());
-            }
-        };
+        let changes = self.take_tree_changes_or_rescan()?;
         let mut changed = changes.notified();
         for path in &changes.suspects {
             if changed {
@@ -563,6 +554,18 @@ impl<T: FileTree> Engine<T> {
     /// Every change notified since the last call, including those stashed
     /// by `has_changes` (after which only notifications are new: the
     /// application has not run since).
+    /// `take_tree_changes`, and if the tree cannot say what changed,
+    /// everything is to be rescanned before the error is returned.
+    fn take_tree_changes_or_rescan(&mut self) -> Result<Changes, EngineError> {
+        self.take_tree_changes().map_err(|err| {
+            self.mark_unknown(&Changes {
+                rescan: [String::new()].into(),
+                ..Changes::default()
+            });
+            err.into()
+        })
+    }
+
     fn take_tree_changes(&mut self) -> Result<Changes, TreeError> {
         let fresh = std::mem::take(&mut self.stash_fresh);
         let mut changes = std::mem::take(&mut self.stashed);
@@ -612,16 +615,7 @@ impl<T: FileTree> Engine<T> {
         if self.mode == Mode::NeedsRollback {
             return Err(EngineError::RollbackRequired);
         }
-        let changes = match self.take_tree_changes() {
-            Ok(changes) => changes,
-            Err(err) => {
-                self.mark_unknown(&Changes {
-                    rescan: [String::new()].into(),
-                    ..Changes::default()
-                });
-                return Err(err.into());
-            }
-        };
+        let changes = self.take_tree_changes_or_rescan()?;
         match self.capture_changes(&changes) {
             Ok(captured) => Ok(captured),
             Err(err) => {

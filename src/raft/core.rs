@@ -814,18 +814,16 @@ impl<L: LogStore> Raft<L> {
             return self.become_follower(self.term, None);
         }
         // Entries of earlier terms above the commit index count against
-        // this leader's bound until they commit.
+        // this leader's bound until they commit, which they all do at once,
+        // with this leader's barrier (Raft §5.4.2): one sum stands for them,
+        // from the log's record sizes, without reading the entries.
         let mut uncommitted = Uncommitted {
             sizes: VecDeque::new(),
             bytes: 0,
         };
         if self.commit < last.index {
-            for e in self
-                .log
-                .entries(self.commit + 1, last.index + 1, u64::MAX)?
-            {
-                uncommitted.push(e.index, e.data.len() as u64);
-            }
+            let bytes = self.log.entry_bytes(self.commit + 1, last.index + 1)?;
+            uncommitted.push(last.index, bytes);
         }
         let progress = self
             .peers()
@@ -1281,6 +1279,15 @@ impl<L: LogStore> Raft<L> {
         for e in entries {
             leader.uncommitted.push(e.index, e.data.len() as u64);
         }
+        // Every entry above the commit index is counted, up to the last.
+        let counted = &leader.uncommitted.sizes;
+        assert_eq!(
+            counted.back().map(|&(index, _)| index),
+            Some(self.log.last_id().index)
+        );
+        assert!(counted
+            .front()
+            .is_some_and(|&(index, _)| index > self.commit));
         for peer in self.peers() {
             self.send_append(peer)?;
         }

@@ -1750,7 +1750,8 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
                     // the leader's appends carry on from this server's log.
                     // Starting over would resend the same state for ever
                     // (replica swarm seed 602550638).
-                    let next = self.incoming.take().map_or(0, |i| i.install.next_seq());
+                    let next = incoming.install.next_seq();
+                    self.incoming = None;
                     return self.ack_snapshot(from, snapshot, next);
                 }
                 Err(_) => {

@@ -198,6 +198,10 @@ impl LogStore for SimLog {
         self.ring.space_used_percent()
     }
 
+    fn entry_bytes(&self, lo: Index, hi: Index) -> Result<u64, StorageError> {
+        self.ring.entry_bytes(lo, hi)
+    }
+
     fn hard_state(&self) -> HardState {
         self.ring.hard_state()
     }

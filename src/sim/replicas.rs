@@ -305,12 +305,11 @@ impl ReplicaSim {
         trace: Trace,
     ) -> ReplicaSim {
         let voters = Membership::new(1..=nodes as NodeId).expect("valid membership");
-        // As a server sets it (`uncommitted_bytes_max` at most a quarter
-        // of the usable log), unless the caller asked for less.
-        let usable = crate::sim::swarm::usable_bytes(shape.geometry);
+        // As a server sets it, unless the caller asked for less.
+        let bound = crate::sim::swarm::uncommitted_bytes_max(shape.geometry);
         let opts = Options {
             entry_bytes_max: shape.entry_bytes_max,
-            uncommitted_bytes_max: opts.uncommitted_bytes_max.min(usable / 4).max(1),
+            uncommitted_bytes_max: opts.uncommitted_bytes_max.min(bound),
             ..opts
         };
         let setup = ReplicaSetup {

@@ -124,7 +124,7 @@ impl Draw {
         // twelve entries of up to 32 KiB, proposed while no majority
         // answered, filled a 6 x 64 KiB ring on every follower, and none
         // could take the barrier that would commit them).
-        d.opts.uncommitted_bytes_max = (usable_bytes(d.geometry) / 4).max(1);
+        d.opts.uncommitted_bytes_max = uncommitted_bytes_max(d.geometry);
         d
     }
 
@@ -278,7 +278,13 @@ pub fn fit_uncommitted(wanted: u64, geometry: Geometry, record_bytes: u64) -> u6
 
 /// The log space that entries not yet released can count on: one segment
 /// is kept free and the head one may still hold released entries.
-pub(crate) fn usable_bytes(geometry: Geometry) -> u64 {
+/// The uncommitted-bytes bound a server sets for its log: a quarter of the
+/// usable space (`ServerConfig::raft_options`).
+pub(crate) fn uncommitted_bytes_max(geometry: Geometry) -> u64 {
+    (usable_bytes(geometry) / 4).max(1)
+}
+
+fn usable_bytes(geometry: Geometry) -> u64 {
     u64::from(geometry.segment_count.saturating_sub(2))
         * geometry
             .segment_bytes

@@ -143,12 +143,7 @@ pub fn run(mut args: AnchorsArgs) -> Result<(), String> {
         args.seconds = 1;
         args.failover_trials = 2;
     }
-    let exe = match &args.bunker {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("bunker"),
-    };
+    let exe = crate::bunker_exe(&args.bunker)?;
     let root = args.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("bunker-anchors-{}", std::process::id()))
     });
