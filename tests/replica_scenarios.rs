@@ -526,3 +526,61 @@ fn recovering_servers_catch_up_a_lagging_one_by_snapshot() {
         "no lagging server caught up from a state still being replayed"
     );
 }
+
+// ----- a command that changes more than a log can hold ---------------------
+
+#[test]
+fn a_command_that_changes_more_than_the_log_can_hold_is_refused() {
+    // Rings of 6 x 64 KiB and parts of 16 KiB (replica seeds 152121006 and
+    // 602545260): a delta is split into parts, and no part can leave a
+    // follower's log before the last one applies. A delta near the ring's
+    // size filled the rings of the survivors of two destroyed servers, and
+    // the one that could win had no room for its barrier. A delta larger
+    // than the uncommitted bound (a quarter of the usable log) is refused
+    // and rolled back; one within it commits; the cluster keeps serving
+    // after two servers are destroyed.
+    let shape = bunker::sim::replicas::ReplicaShape {
+        geometry: ringlog::Geometry {
+            segment_bytes: 64 << 10,
+            segment_count: 6,
+        },
+        entry_bytes_max: 32 << 10,
+        engine: bunker::delta::engine::EngineConfig {
+            max_part_bytes: 16 << 10,
+            ..bunker::sim::replicas::ReplicaShape::default().engine
+        },
+        ..bunker::sim::replicas::ReplicaShape::default()
+    };
+    let workload = Workload {
+        app_crash: 0.0,
+        large: 0.0,
+        ..Workload::default()
+    };
+    let trace = bunker::sim::trace::Trace::off();
+    let mut sim = ReplicaSim::build(
+        7,
+        5,
+        Options::default(),
+        Timing::default(),
+        workload,
+        &shape,
+        trace,
+    );
+    let leader = sim.wait_for_ready_leader(2 * SECOND).expect("leader");
+    fund(&mut sim, leader);
+    let huge = sim.submit(0, LedgerCommand::Large { kib: 100 }, leader);
+    assert_eq!(
+        sim.wait_op(huge, 2 * SECOND),
+        Some(Outcome::Failed),
+        "a 100 KiB delta does not fit a quarter of a 6 x 64 KiB ring"
+    );
+    let fits = sim.submit(1, LedgerCommand::Large { kib: 30 }, leader);
+    assert!(ok(&sim.wait_op(fits, 2 * SECOND)), "a 30 KiB delta fits");
+    let rest = others(&sim, leader);
+    sim.destroy(rest[0]);
+    sim.destroy(rest[1]);
+    let after = sim.submit(2, deposit(3, 7), leader);
+    assert!(ok(&sim.wait_op(after, 3 * SECOND)), "three survivors serve");
+    let violations = sim.converge_and_check(10 * SECOND);
+    assert!(violations.is_empty(), "{violations:#?}");
+}

@@ -218,6 +218,11 @@ fn replica_regression_seeds() {
 /// 602550638: a leader whose apply lagged its commit sent a follower
 /// already past it a snapshot; the follower refused it as not ahead and
 /// asked for it again from the start, for ever (the transfer now ends).
+/// 152121006 and 602545260: a large command's delta, split into parts of
+/// 16 KiB, nearly filled 6 x 64 KiB rings (no part leaves a log before the
+/// last one applies); after two servers were destroyed, the only server
+/// that could win had no room for its barrier (a proposal larger than the
+/// uncommitted bound is now refused).
 #[test]
 fn replica_swarm_seeds_pass_every_checker() {
     use bunker::sim::{run_replica_seed, ReplicaRunConfig};
@@ -232,7 +237,16 @@ fn replica_swarm_seeds_pass_every_checker() {
         ..ReplicaRunConfig::default()
     };
     let failures: Vec<String> = (0..seeds)
-        .chain([700_067, 876_162_001, 876_162_315, 808_903_010, 360_356_974, 602_550_638])
+        .chain([
+            700_067,
+            876_162_001,
+            876_162_315,
+            808_903_010,
+            360_356_974,
+            602_550_638,
+            152_121_006,
+            602_545_260,
+        ])
         .filter_map(|seed| {
             let report = run_replica_seed(seed, &cfg);
             report.violations.first().map(|v| {

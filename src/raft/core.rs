@@ -43,7 +43,7 @@ pub enum ProposeError {
         "too much uncommitted ({uncommitted} entries, or their bytes at the bound); retry later"
     )]
     Backpressure { uncommitted: u64 },
-    #[error("entry of {size_bytes} bytes exceeds the maximum of {max_bytes}")]
+    #[error("{size_bytes} bytes to propose exceed the maximum of {max_bytes}")]
     TooLarge { size_bytes: u64, max_bytes: u64 },
     #[error("the log has no room now (its applied prefix is not yet released); retry later")]
     LogFull,
@@ -489,13 +489,20 @@ impl<L: LogStore> Raft<L> {
         if uncommitted + batch.len() as u64 > self.opts.uncommitted_entries_max {
             return Err(ProposeError::Backpressure { uncommitted });
         }
-        let leader = self.leader.as_ref().expect("leader state");
         let bytes: u64 = batch.iter().map(|d| d.len() as u64).sum();
-        // At least one batch is always taken, however large: an entry the
-        // bound alone refused could never be proposed.
-        if leader.uncommitted.bytes > 0
-            && leader.uncommitted.bytes + bytes > self.opts.uncommitted_bytes_max
-        {
+        // A batch larger than the bound could never commit: followers keep
+        // its entries (a split delta cannot be released before its last
+        // part applies) until their logs have no room left for the barrier
+        // of the next leader (replica seeds 152121006, 602545260). It is
+        // refused for good, not pushed back.
+        if bytes > self.opts.uncommitted_bytes_max {
+            return Err(ProposeError::TooLarge {
+                size_bytes: bytes,
+                max_bytes: self.opts.uncommitted_bytes_max,
+            });
+        }
+        let leader = self.leader.as_ref().expect("leader state");
+        if leader.uncommitted.bytes + bytes > self.opts.uncommitted_bytes_max {
             return Err(ProposeError::Backpressure { uncommitted });
         }
         if let Some(big) = batch

@@ -24,7 +24,8 @@ pub struct Options {
     /// Proposals accepted beyond the commit index before `propose` pushes back.
     pub uncommitted_entries_max: u64,
     /// Payload bytes accepted beyond the commit index before `propose`
-    /// pushes back (one batch is always accepted when none is pending).
+    /// pushes back; one proposal (a command's delta, all its parts) larger
+    /// than this is refused (`ProposeError::TooLarge`).
     /// Every follower's log must hold them, with room for a barrier: a log
     /// full of entries that cannot commit yet takes nothing more, not even
     /// the barrier a new leader needs to commit them. Set it to a fraction

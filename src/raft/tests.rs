@@ -649,11 +649,11 @@ fn check_quorum_does_not_count_entries_proposed_during_the_period() {
 }
 
 #[test]
-fn uncommitted_bytes_are_bounded_but_one_batch_always_fits() {
+fn uncommitted_bytes_are_bounded_and_a_larger_proposal_is_refused() {
     // Every follower's log must hold the leader's uncommitted entries and
     // a new leader's barrier (§5.4.2 needs an entry of the new term): the
-    // leader bounds their bytes, yet always accepts one batch when nothing
-    // is pending, however large.
+    // leader bounds their bytes, and refuses for good a proposal that
+    // alone exceeds the bound (it could never be held with that room).
     let opts = Options {
         uncommitted_bytes_max: 100,
         ..Options::default()
@@ -666,7 +666,16 @@ fn uncommitted_bytes_are_bounded_but_one_batch_always_fits() {
         .unwrap();
     drain(&mut r);
     assert_eq!(r.role(), Role::Leader);
-    r.propose(Bytes::from(vec![1u8; 150])).unwrap();
+    let big = [Bytes::from(vec![1u8; 60]), Bytes::from(vec![1u8; 41])];
+    assert!(matches!(
+        r.propose_batch(&big),
+        Err(crate::raft::ProposeError::TooLarge {
+            size_bytes: 101,
+            max_bytes: 100
+        })
+    ));
+    assert_eq!(r.log().last_id().index, 1, "nothing of it was appended");
+    r.propose(Bytes::from(vec![1u8; 100])).unwrap();
     assert!(matches!(
         r.propose(Bytes::from_static(b"x")),
         Err(crate::raft::ProposeError::Backpressure { .. })

@@ -1139,9 +1139,18 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
                 self.leading.as_mut().expect("leading").draining = true;
                 let after = self.leading.as_ref().map_or(0, |l| l.last_proposed);
                 let waiter = (request.ctx, request.client, request.seq);
-                let reply = Reply::AppFailed {
-                    reason: format!("not proposed: {e}"),
+                let reason = match e {
+                    ProposeError::TooLarge {
+                        size_bytes,
+                        max_bytes,
+                    } => format!(
+                        "not proposed: the command changed {size_bytes} bytes, more than the \
+                         {max_bytes} one command may change (a quarter of the log's space; \
+                         raise log.segment_mib or log.segment_count)"
+                    ),
+                    e => format!("not proposed: {e}"),
                 };
+                let reply = Reply::AppFailed { reason };
                 self.reply_after_quorum(vec![waiter], reply, after)?;
                 self.finish_drain()
             }

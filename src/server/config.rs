@@ -384,11 +384,12 @@ impl NodeConfig {
     /// on (one segment is kept free, the head one may hold released
     /// entries): with entries of at most half a segment, at least half of
     /// that space takes entries, so every follower holds the uncommitted
-    /// backlog twice over, with room for a new leader's barrier.
+    /// backlog twice over, with room for a new leader's barrier. It is
+    /// also the most one command may change: a larger delta is refused.
     fn uncommitted_bytes_max(&self) -> u64 {
         let usable =
             u64::from(self.log.segment_count.saturating_sub(2)) * (self.log.segment_mib << 20);
-        (usable / 4).clamp(1, Options::default().uncommitted_bytes_max)
+        (usable / 4).max(1)
     }
 
     pub fn raft_options(&self) -> Options {
