@@ -29,6 +29,7 @@
 //! - `trace`: the flight recorder both simulators write to (the last
 //!   events of every layer, frozen at the first violation) and the capture
 //!   of panics (message, location, backtrace) with the run's state intact;
+//! - `queue`: the event queue both simulators run on;
 //! - `swarm`: each seed's own configuration and fault mix, drawn from the
 //!   seed (swarm testing).
 
@@ -40,6 +41,7 @@ pub mod ledger;
 pub mod log;
 pub mod nemesis;
 pub mod network;
+mod queue;
 pub mod replica_run;
 pub mod replicas;
 pub mod run;

@@ -29,14 +29,13 @@ use crate::sim::ledger::{self, Fate, LedgerCommand, ACCOUNTS};
 use crate::sim::log::SimLog;
 use crate::sim::nemesis::FaultTarget;
 use crate::sim::network::{Network, PacketKind};
+use crate::sim::queue::EventQueue;
 use crate::sim::trace::{describe_message, Trace};
 use bytes::Bytes;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringlog::{FlushTicket, LogStore, NodeId, Term};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 
 type SimReplica = Replica<SimLog, MemTree>;
 
@@ -110,29 +109,6 @@ impl Event {
             | Event::Request { node, .. } => Some(*node),
             Event::Reply { .. } | Event::Timer(_) => None,
         }
-    }
-}
-
-struct Scheduled {
-    at: u64,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
     }
 }
 
@@ -255,8 +231,7 @@ pub struct ReplicaSim {
     pub seed: u64,
     pub rng: ChaCha8Rng,
     pub now_us: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
-    seq: u64,
+    queue: EventQueue<Event>,
     nodes: Vec<RNode>,
     pub net: Network,
     pub checker: Checker,
@@ -337,8 +312,7 @@ impl ReplicaSim {
             seed,
             rng,
             now_us: 0,
-            queue: BinaryHeap::new(),
-            seq: 0,
+            queue: EventQueue::new(),
             nodes: Vec::new(),
             net: Network::new(nodes),
             checker: Checker::new(),
@@ -429,13 +403,7 @@ impl ReplicaSim {
     // ----- the event loop ------------------------------------------------
 
     fn schedule(&mut self, delay_us: u64, event: Event) {
-        self.seq += 1;
-        let at = self.now_us + delay_us;
-        self.queue.push(Reverse(Scheduled {
-            at,
-            seq: self.seq,
-            event,
-        }));
+        self.queue.push(self.now_us + delay_us, event);
     }
 
     pub fn set_timer(&mut self, delay_us: u64, id: u64) {
@@ -452,20 +420,20 @@ impl ReplicaSim {
     }
 
     pub fn step(&mut self) -> bool {
-        let Some(Reverse(next)) = self.queue.pop() else {
+        let Some((at_us, event)) = self.queue.pop() else {
             return false;
         };
-        assert!(next.at >= self.now_us, "time never goes backwards");
-        self.now_us = next.at;
+        assert!(at_us >= self.now_us, "time never goes backwards");
+        self.now_us = at_us;
         self.checker.set_now(self.now_us);
-        self.checker.set_server(next.event.server());
+        self.checker.set_server(event.server());
         self.stats.events += 1;
         if let Some(why) = super::over_budget(self.stats.events, self.now_us, self.queue.len()) {
             self.checker.fail(why);
             self.queue.clear();
             return false;
         }
-        self.dispatch(next.event);
+        self.dispatch(event);
         if self.trace.on() && !self.checker.violations.is_empty() {
             // The ring ends where the run first went wrong.
             let what = self.checker.violations[0].what.clone();
