@@ -31,6 +31,7 @@ pub mod delta;
 pub mod demo;
 pub mod faultdisk;
 pub mod faultnet;
+pub mod fuse;
 pub mod mapped;
 pub mod nemesis;
 pub mod raft;

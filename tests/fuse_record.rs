@@ -1,0 +1,188 @@
+//! The FUSE-served working copy records what the application does, with
+//! exact byte ranges, and passes everything through to the backing
+//! directory. Real mounts: these tests need root and /dev/fuse, and skip
+//! (saying why) without them; CI runs them as root, where nothing skips.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::Path;
+
+use bunker::fuse::{self, coalesce, Record, RecordingMount};
+
+fn mounted() -> Option<(tempfile::TempDir, RecordingMount)> {
+    testenv::require(fuse::available())?;
+    let dir = tempfile::tempdir().expect("temp dir");
+    fs::create_dir(dir.path().join("backing")).expect("backing");
+    fs::create_dir(dir.path().join("mnt")).expect("mount point");
+    let mount =
+        RecordingMount::mount(&dir.path().join("backing"), &dir.path().join("mnt")).expect("mount");
+    // A bug in the filesystem would block the test inside a system call
+    // on the mount for ever: bound it.
+    std::thread::spawn(|| {
+        std::thread::sleep(std::time::Duration::from_secs(120));
+        eprintln!("a FUSE test hung for 120 s: aborting");
+        std::process::abort();
+    });
+    Some((dir, mount))
+}
+
+fn write(path: &str, offset: u64, len: u64) -> Record {
+    Record::Write {
+        path: path.into(),
+        offset,
+        len,
+    }
+}
+
+#[test]
+fn every_change_through_the_mount_is_recorded_with_its_exact_range() {
+    let Some((dir, mount)) = mounted() else {
+        return;
+    };
+    let mnt = mount.mountpoint().to_path_buf();
+    // SAFETY: umask has no preconditions; the old mask is put back at once.
+    let umask = unsafe {
+        let old = libc::umask(0o022);
+        libc::umask(old);
+        old
+    };
+    let dir_mode = 0o777 & !umask;
+    let f = OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .mode_compat(0o644)
+        .open(mnt.join("a"))
+        .expect("create a");
+    f.write_all_at(b"hello", 0).expect("write");
+    f.write_all_at(b"XY", 100).expect("write at 100");
+    drop(f);
+    let mut appender = OpenOptions::new()
+        .append(true)
+        .open(mnt.join("a"))
+        .expect("open for append");
+    appender.write_all(b"tail").expect("append");
+    drop(appender);
+    OpenOptions::new()
+        .write(true)
+        .open(mnt.join("a"))
+        .expect("open")
+        .set_len(50)
+        .expect("truncate");
+    fs::create_dir(mnt.join("d")).expect("mkdir");
+    fs::rename(mnt.join("a"), mnt.join("d/b")).expect("rename");
+    fs::hard_link(mnt.join("d/b"), mnt.join("c")).expect("link");
+    std::os::unix::fs::symlink("d/b", mnt.join("s")).expect("symlink");
+    fs::set_permissions(mnt.join("c"), fs::Permissions::from_mode(0o600)).expect("chmod");
+    fs::remove_file(mnt.join("c")).expect("unlink");
+    fs::create_dir(mnt.join("e")).expect("mkdir e");
+    fs::remove_dir(mnt.join("e")).expect("rmdir");
+
+    let taken = mount.take();
+    assert!(!taken.overflowed);
+    let expected = vec![
+        Record::Create {
+            path: "a".into(),
+            mode: 0o644 & !umask,
+        },
+        write("a", 0, 5),
+        write("a", 100, 2),
+        write("a", 102, 4),
+        Record::SetLen {
+            path: "a".into(),
+            len: 50,
+        },
+        Record::Mkdir {
+            path: "d".into(),
+            mode: dir_mode,
+        },
+        Record::Rename {
+            from: "a".into(),
+            to: "d/b".into(),
+            exchange: false,
+        },
+        Record::Link {
+            from: "d/b".into(),
+            to: "c".into(),
+        },
+        Record::Symlink {
+            path: "s".into(),
+            target: "d/b".into(),
+        },
+        Record::Chmod {
+            path: "c".into(),
+            mode: 0o600,
+        },
+        Record::Unlink { path: "c".into() },
+        Record::Mkdir {
+            path: "e".into(),
+            mode: dir_mode,
+        },
+        Record::Rmdir { path: "e".into() },
+    ];
+    assert_eq!(taken.records, expected);
+    let folded = coalesce(&taken.records);
+    assert_eq!(folded.written["d/b"], vec![(0, 5)], "clipped at 50 bytes");
+    assert_eq!(mount.take().records, vec![], "taken once");
+
+    // Everything went through to the backing directory.
+    let backing = dir.path().join("backing");
+    let data = fs::read(backing.join("d/b")).expect("d/b in the backing directory");
+    assert_eq!(data.len(), 50);
+    assert_eq!(&data[..5], b"hello");
+    assert_eq!(
+        fs::read_link(backing.join("s")).expect("symlink"),
+        Path::new("d/b")
+    );
+    assert!(!backing.join("c").exists() && !backing.join("e").exists());
+    mount.unmount().expect("unmount");
+}
+
+#[test]
+fn stores_through_a_shared_mapping_are_recorded_when_written_back() {
+    let Some((dir, mount)) = mounted() else {
+        return;
+    };
+    let path = mount.mountpoint().join("mapped");
+    let file = OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("create");
+    file.set_len(64 << 10).expect("size");
+    let _ = mount.take();
+    // SAFETY: the file is not changed by anyone else while mapped.
+    let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("map shared");
+    map[3 * 4096 + 10] = 7;
+    map[9 * 4096] = 9;
+    map.flush().expect("msync");
+    let taken = mount.take();
+    let folded = coalesce(&taken.records);
+    let ranges = folded.written.get("mapped").cloned().unwrap_or_default();
+    for at in [3 * 4096 + 10, 9 * 4096] {
+        assert!(
+            ranges.iter().any(|&(s, e)| s <= at && at < e),
+            "byte {at} written through the mapping is in {ranges:?} ({:?})",
+            taken.records
+        );
+    }
+    drop(map);
+    drop(file);
+    let data = fs::read(dir.path().join("backing/mapped")).expect("backing file");
+    assert_eq!((data[3 * 4096 + 10], data[9 * 4096]), (7, 9));
+    mount.unmount().expect("unmount");
+}
+
+/// `OpenOptionsExt::mode`, spelled so that the umask of the test process
+/// cannot change what the test expects.
+trait ModeCompat {
+    fn mode_compat(&mut self, mode: u32) -> &mut Self;
+}
+
+impl ModeCompat for OpenOptions {
+    fn mode_compat(&mut self, mode: u32) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, mode)
+    }
+}
