@@ -297,3 +297,79 @@ proptest! {
         check(&mut follower, want, "after storage error and retry");
     }
 }
+
+/// A server still replaying its log after a crash may checkpoint (with
+/// its replay bound) and release its log up to that checkpoint; a
+/// snapshot older than the checkpoint (from a leader whose apply lags its
+/// commit) must be refused, not installed: installing it would move the
+/// checkpoint back below entries the log no longer holds (replica swarm
+/// seed 404534515 panicked on "checkpoints only move forward").
+#[test]
+fn a_snapshot_behind_the_checkpoint_of_a_recovering_server_is_refused() {
+    let write = |f, seed| AppOp::Write {
+        f,
+        offset: 0,
+        len: 700,
+        seed,
+    };
+    let commands = vec![vec![write(0, 1)], vec![write(1, 2)], vec![write(0, 3)]];
+    let deltas = history(&commands, 7);
+    let entries: Vec<Vec<u8>> = deltas
+        .iter()
+        .flat_map(|(c, _)| c.parts.iter().map(|p| p.to_vec()))
+        .collect();
+    let ends: Vec<u64> = deltas
+        .iter()
+        .scan(0, |end, (c, _)| {
+            *end += c.parts.len() as u64;
+            Some(*end)
+        })
+        .collect();
+    let (old, checkpointed, last) = (ends[1], ends[2], ends[3]);
+
+    // The source: its state (and snapshot) at `old`.
+    let (mut source, _) = Engine::open(MemTree::new(1), config()).unwrap();
+    feed(&mut source, &entries, 1, old).unwrap();
+
+    // The receiver: checkpointed at `checkpointed`, crashed after applying
+    // up to `last`, reopened and still replaying, with a checkpoint taken
+    // while recovering.
+    let (mut receiver, _) = Engine::open(MemTree::new(2), config()).unwrap();
+    feed(&mut receiver, &entries, 1, old).unwrap();
+    checkpoint(&mut receiver).unwrap();
+    feed(&mut receiver, &entries, old + 1, last).unwrap();
+    let mut tree = receiver.into_tree();
+    // Every unsynced write survives: the files hold the last delta's
+    // effects, so the replay of the second one does not end the recovery.
+    tree.crash_with(&mut |_| true);
+    let (mut receiver, _) = Engine::open(tree, config()).unwrap();
+    receiver.set_replay_bound(last);
+    feed(&mut receiver, &entries, old + 1, checkpointed).unwrap();
+    assert!(receiver.status().recovering, "replaying up to {last}");
+    checkpoint(&mut receiver).unwrap();
+    assert_eq!(receiver.checkpoint_index(), checkpointed);
+
+    let mut snapshot = source.snapshot_begin().unwrap();
+    let mut install = receiver.install_begin(snapshot.id()).unwrap();
+    let mut outcome = Ok(());
+    while let Some(chunk) = source.snapshot_next(&mut snapshot).unwrap() {
+        if let Err(e) = receiver.install_chunk(&mut install, &chunk) {
+            outcome = Err(e);
+            break;
+        }
+    }
+    source.snapshot_end(snapshot);
+    assert!(
+        matches!(outcome, Err(EngineError::SnapshotBehind { index, .. }) if index == old),
+        "{outcome:?}"
+    );
+    assert_eq!(receiver.checkpoint_index(), checkpointed, "kept");
+    // It finishes its replay from its own log.
+    feed(&mut receiver, &entries, checkpointed + 1, last).unwrap();
+    assert!(receiver.status().can_lead(), "recovered and verified");
+    check(
+        &mut receiver,
+        &deltas.last().unwrap().1,
+        "receiver after replay",
+    );
+}

@@ -140,8 +140,9 @@ pub enum EngineError {
     #[error("snapshot: {0}")]
     Snapshot(String),
     /// A whole snapshot arrived, but the committed state here is already
-    /// at or past its index (the source's apply lagged its commit): the
-    /// transfer is over, with nothing to install.
+    /// at or past its index, or this server's checkpoint is past it (the
+    /// source's apply lagged its commit): the transfer is over, with
+    /// nothing to install.
     #[error("snapshot at {index} is not ahead of the committed state at {state_index}")]
     SnapshotBehind { index: u64, state_index: u64 },
     #[error("bad engine configuration: {0}")]

@@ -470,7 +470,15 @@ impl<T: FileTree> Engine<T> {
             hash,
             bound,
         } = end;
-        if self.diverged_at.is_none() && !self.recovering && index <= self.state_index {
+        // Not ahead of a sound state, or behind this server's checkpoint:
+        // its log may be released up to the checkpoint, so it could replay
+        // neither from the snapshot nor from its own state afterwards
+        // (replica seed 404534515: a server still replaying its log after
+        // a crash had checkpointed past the snapshot of a leader whose
+        // apply lagged).
+        let sound_and_ahead =
+            self.diverged_at.is_none() && !self.recovering && index <= self.state_index;
+        if sound_and_ahead || index < self.checkpoint_index() {
             remove_recursive(&mut self.tree, &install.dir)?;
             return Err(EngineError::SnapshotBehind {
                 index,
