@@ -222,7 +222,14 @@ fn replica_regression_seeds() {
 /// 16 KiB, nearly filled 6 x 64 KiB rings (no part leaves a log before the
 /// last one applies); after two servers were destroyed, the only server
 /// that could win had no room for its barrier (a proposal larger than the
-/// uncommitted bound is now refused).
+/// uncommitted bound is now refused). 404534515: a server still replaying
+/// its log after a crash had checkpointed past the snapshot that a leader
+/// whose apply lagged sent it, and installing it panicked ("checkpoints
+/// only move forward"; a snapshot behind the checkpoint is now refused).
+/// 404526511: a leader kept its office with a follower whose snapshot
+/// chunks were all lost while its heartbeat responses got through, and
+/// its lease kept the three connected servers from electing a leader (a
+/// transfer counts for CheckQuorum only while it moves).
 #[test]
 fn replica_swarm_seeds_pass_every_checker() {
     use bunker::sim::{run_replica_seed, ReplicaRunConfig};
@@ -246,6 +253,8 @@ fn replica_swarm_seeds_pass_every_checker() {
             602_550_638,
             152_121_006,
             602_545_260,
+            404_534_515,
+            404_526_511,
         ])
         .filter_map(|seed| {
             let report = run_replica_seed(seed, &cfg);

@@ -446,6 +446,25 @@ impl<L: LogStore> Raft<L> {
         })
     }
 
+    /// The layer above delivered another part of the snapshot to `peer`
+    /// (an acknowledged chunk). A follower in snapshot transfer counts for
+    /// CheckQuorum only while its transfer moves: one whose chunks are
+    /// lost while its heartbeats get through kept a leader that could not
+    /// commit in office, and its lease kept the others from electing one
+    /// (replica swarm seed 404526511).
+    pub fn handle_snapshot_progress(&mut self, peer: NodeId) {
+        let Some(pr) = self
+            .leader
+            .as_mut()
+            .and_then(|leader| leader.progress.get_mut(&peer))
+        else {
+            return;
+        };
+        if matches!(pr.state, ProgressState::Snapshot { .. }) {
+            pr.snapshot_progressed = true;
+        }
+    }
+
     /// The layer above could not deliver a snapshot to `peer`.
     pub fn handle_snapshot_failed(&mut self, peer: NodeId) -> Result<(), CoreError> {
         self.guard(|raft| {
@@ -1388,6 +1407,7 @@ impl<L: LogStore> Raft<L> {
                     index: snapshot.index,
                 };
                 pr.stall_ticks = 0;
+                pr.snapshot_progressed = true;
                 self.effects.push_back(Effect::SnapshotNeeded { to: peer });
                 return Ok(());
             };

@@ -33,6 +33,9 @@ pub struct Progress {
     pub stall_ticks: u32,
     /// `matched` when the current CheckQuorum period began.
     pub period_matched: Index,
+    /// The snapshot transfer to this follower started or advanced during
+    /// the current CheckQuorum period.
+    pub snapshot_progressed: bool,
 }
 
 impl Progress {
@@ -47,6 +50,7 @@ impl Progress {
             acked_seq: 0,
             stall_ticks: 0,
             period_matched: 0,
+            snapshot_progressed: false,
         }
     }
 
@@ -85,15 +89,15 @@ impl Progress {
     /// Whether this follower counts towards CheckQuorum for the period
     /// that ends now: it answered, and it holds what the leader's log held
     /// when the period began (`owed`; entries proposed during the period
-    /// may still be in flight), or its match index advanced, or it is receiving a
-    /// snapshot. A follower that answers heartbeats but never accepts an
+    /// may still be in flight), or its match index advanced, or a snapshot
+    /// transfer to it started or moved during the period. A follower that answers heartbeats but never accepts an
     /// append (say, a link that loses only appends) does not count: a
     /// leader kept in office by such followers could never commit, and its
     /// lease would stop the others from electing one that can.
     pub fn kept_up(&self, owed: Index) -> bool {
         let progressing = self.matched >= owed
             || self.matched > self.period_matched
-            || matches!(self.state, ProgressState::Snapshot { .. });
+            || (matches!(self.state, ProgressState::Snapshot { .. }) && self.snapshot_progressed);
         self.recent_active && progressing
     }
 
@@ -101,6 +105,7 @@ impl Progress {
     pub fn start_period(&mut self) {
         self.recent_active = false;
         self.period_matched = self.matched;
+        self.snapshot_progressed = false;
     }
 
     /// Something sent to this follower awaits an acknowledgement.

@@ -888,3 +888,53 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_follower_whose_snapshot_transfer_stalls_does_not_keep_a_leader_in_office() {
+    // Thesis §6.2 with Raft §7: a follower in snapshot transfer counts for
+    // CheckQuorum while its transfer moves. One whose chunks are all lost
+    // while its heartbeat responses get through must not: the leader
+    // could never commit with it, and its lease would keep the others
+    // from electing a leader that can.
+    let in_office = |transfer_moves: bool| -> Role {
+        let mut r = leader();
+        let append_ok = |r: &mut Raft<SimLog>, from: NodeId, match_index: u64| {
+            let result = AppendResult::Success { match_index };
+            r.handle_message(msg(from, 1, 1, Body::AppendResponse { result, seq: 0 }))
+                .unwrap();
+        };
+        append_ok(&mut r, 3, 1);
+        for _ in 0..5 {
+            r.propose(Bytes::from_static(b"x")).unwrap();
+        }
+        drain(&mut r);
+        append_ok(&mut r, 2, 6);
+        sync(&mut r);
+        r.compact(6).unwrap();
+        let result = AppendResult::Reject {
+            rejected_prev: 1,
+            hint_index: 2,
+            hint_term: None,
+        };
+        r.handle_message(msg(3, 1, 1, Body::AppendResponse { result, seq: 0 }))
+            .unwrap();
+        assert!(drain(&mut r).contains(&Effect::SnapshotNeeded { to: 3 }));
+        // Follower 2 falls silent; follower 3 answers every heartbeat.
+        for _ in 0..2 * Options::default().election_ticks_min {
+            r.handle_tick().unwrap();
+            drain(&mut r);
+            let body = Body::HeartbeatResponse {
+                match_index: 1,
+                seq: 0,
+            };
+            r.handle_message(msg(3, 1, 1, body)).unwrap();
+            if transfer_moves {
+                r.handle_snapshot_progress(3);
+            }
+            drain(&mut r);
+        }
+        r.role()
+    };
+    assert_eq!(in_office(true), Role::Leader, "a moving transfer counts");
+    assert_eq!(in_office(false), Role::Follower, "a stalled one does not");
+}

@@ -1635,6 +1635,8 @@ impl<L: LogStore, T: FileTree> Replica<L, T> {
         }
         out.stall_ticks = 0;
         out.acked = next_seq;
+        self.raft.handle_snapshot_progress(from);
+        let out = self.outgoing.as_mut().expect("outgoing");
         if out.end_seq.is_some_and(|end| out.acked > end) {
             let out = self.outgoing.take().expect("outgoing");
             self.engine.snapshot_end(out.source);
