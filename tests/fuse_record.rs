@@ -79,7 +79,7 @@ fn every_change_through_the_mount_is_recorded_with_its_exact_range() {
     fs::create_dir(mnt.join("e")).expect("mkdir e");
     fs::remove_dir(mnt.join("e")).expect("rmdir");
 
-    let taken = mount.take();
+    let taken = mount.take().expect("take");
     assert!(!taken.overflowed);
     let expected = vec![
         Record::Create {
@@ -124,7 +124,7 @@ fn every_change_through_the_mount_is_recorded_with_its_exact_range() {
     assert_eq!(taken.records, expected);
     let folded = coalesce(&taken.records);
     assert_eq!(folded.written["d/b"], vec![(0, 5)], "clipped at 50 bytes");
-    assert_eq!(mount.take().records, vec![], "taken once");
+    assert_eq!(mount.take().expect("take").records, vec![], "taken once");
 
     // Everything went through to the backing directory.
     let backing = dir.path().join("backing");
@@ -152,13 +152,13 @@ fn stores_through_a_shared_mapping_are_recorded_when_written_back() {
         .open(&path)
         .expect("create");
     file.set_len(64 << 10).expect("size");
-    let _ = mount.take();
+    let _ = mount.take().expect("take");
     // SAFETY: the file is not changed by anyone else while mapped.
     let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("map shared");
     map[3 * 4096 + 10] = 7;
     map[9 * 4096] = 9;
     map.flush().expect("msync");
-    let taken = mount.take();
+    let taken = mount.take().expect("take");
     let folded = coalesce(&taken.records);
     let ranges = folded.written.get("mapped").cloned().unwrap_or_default();
     for at in [3 * 4096 + 10, 9 * 4096] {
@@ -172,6 +172,48 @@ fn stores_through_a_shared_mapping_are_recorded_when_written_back() {
     drop(file);
     let data = fs::read(dir.path().join("backing/mapped")).expect("backing file");
     assert_eq!((data[3 * 4096 + 10], data[9 * 4096]), (7, 9));
+    mount.unmount().expect("unmount");
+}
+
+#[test]
+fn a_take_writes_back_the_pages_of_a_mapping_the_application_keeps() {
+    // An application that keeps its file mapped and never calls msync:
+    // its stores reach the mount only when the kernel writes the pages
+    // back, which `take` forces before it hands the records over.
+    let Some((dir, mount)) = mounted() else {
+        return;
+    };
+    let path = mount.mountpoint().join("kept");
+    let file = OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("create");
+    file.set_len(32 << 10).expect("size");
+    // SAFETY: the file is not changed by anyone else while mapped.
+    let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("map shared");
+    drop(file);
+    mount.take().expect("take");
+    for round in 1..=3u8 {
+        let at = usize::from(round) * 5000;
+        map[at] = round;
+        let taken = mount.take().expect("take");
+        let ranges = coalesce(&taken.records)
+            .written
+            .get("kept")
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            ranges
+                .iter()
+                .any(|&(s, e)| s <= at as u64 && (at as u64) < e),
+            "round {round}: the store at {at} is in {ranges:?}"
+        );
+    }
+    let data = fs::read(dir.path().join("backing/kept")).expect("backing file");
+    assert_eq!((data[5000], data[10000], data[15000]), (1, 2, 3));
+    drop(map);
     mount.unmount().expect("unmount");
 }
 

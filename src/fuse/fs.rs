@@ -53,9 +53,14 @@ struct Node {
 struct Handle {
     file: File,
     ino: u64,
+    /// Opened for writing: the kernel may hold dirty pages of it (a
+    /// writable shared mapping keeps its file, and this handle, open).
+    writable: bool,
 }
 
-struct Table {
+/// The mount's inode and handle tables, shared with the [`super::RecordingMount`]
+/// that asks which files may hold unwritten pages.
+pub struct Table {
     nodes: HashMap<u64, Node>,
     by_path: HashMap<String, u64>,
     next_ino: u64,
@@ -64,6 +69,39 @@ struct Table {
 }
 
 impl Table {
+    fn new() -> Table {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            INodeNo::ROOT.0,
+            Node {
+                path: Some(String::new()),
+                lookups: 1,
+            },
+        );
+        let mut by_path = HashMap::new();
+        by_path.insert(String::new(), INodeNo::ROOT.0);
+        Table {
+            nodes,
+            by_path,
+            next_ino: INodeNo::ROOT.0,
+            handles: HashMap::new(),
+            next_fh: 0,
+        }
+    }
+
+    /// The linked paths of files open for writing through the mount.
+    pub fn writable_paths(&self) -> Vec<String> {
+        let mut paths: Vec<String> = self
+            .handles
+            .values()
+            .filter(|h| h.writable)
+            .filter_map(|h| self.nodes.get(&h.ino).and_then(|n| n.path.clone()))
+            .collect();
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+
     fn path(&self, ino: INodeNo) -> Result<String, Errno> {
         self.nodes
             .get(&ino.0)
@@ -140,32 +178,22 @@ fn is_under(path: &str, dir: &str) -> bool {
 pub struct RecordingFs {
     backing: PathBuf,
     recorder: Arc<Recorder>,
-    table: Mutex<Table>,
+    table: Arc<Mutex<Table>>,
 }
 
 impl RecordingFs {
     pub fn new(backing: PathBuf, recorder: Arc<Recorder>) -> RecordingFs {
-        let mut nodes = HashMap::new();
-        nodes.insert(
-            INodeNo::ROOT.0,
-            Node {
-                path: Some(String::new()),
-                lookups: 1,
-            },
-        );
-        let mut by_path = HashMap::new();
-        by_path.insert(String::new(), INodeNo::ROOT.0);
+        let table = Arc::new(Mutex::new(Table::new()));
         RecordingFs {
             backing,
             recorder,
-            table: Mutex::new(Table {
-                nodes,
-                by_path,
-                next_ino: INodeNo::ROOT.0,
-                handles: HashMap::new(),
-                next_fh: 0,
-            }),
+            table,
         }
+    }
+
+    /// The tables, for the mount's owner (see [`Table::writable_paths`]).
+    pub fn table_handle(&self) -> Arc<Mutex<Table>> {
+        Arc::clone(&self.table)
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -211,11 +239,19 @@ impl RecordingFs {
         Ok(fs::symlink_metadata(self.real(&path))?)
     }
 
-    fn add_handle(&self, ino: u64, file: File) -> u64 {
+    fn add_handle(&self, ino: u64, file: File, flags: i32) -> u64 {
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let mut t = self.table();
         t.next_fh += 1;
         let fh = t.next_fh;
-        t.handles.insert(fh, Handle { file, ino });
+        t.handles.insert(
+            fh,
+            Handle {
+                file,
+                ino,
+                writable,
+            },
+        );
         fh
     }
 
@@ -283,7 +319,7 @@ impl RecordingFs {
             file.set_len(0)?;
             self.recorder.push(Record::SetLen { path, len: 0 });
         }
-        Ok(self.add_handle(ino.0, file))
+        Ok(self.add_handle(ino.0, file, flags))
     }
 
     fn do_create(
@@ -317,7 +353,7 @@ impl RecordingFs {
         }
         let meta = file.metadata()?;
         let ino = self.table().remember(&path);
-        let fh = self.add_handle(ino, file);
+        let fh = self.add_handle(ino, file, flags);
         Ok((attr(ino, &meta), fh))
     }
 

@@ -7,17 +7,16 @@
 //! mount point (the `fuser` crate, mounted directly as root; one thread
 //! serves requests in order) and records every write, truncation,
 //! fallocate, create, mkdir, symlink, link, unlink, rmdir, rename and
-//! chmod ([`record`]); [`RecordingMount::take`] hands over what was
-//! recorded since the previous take, and [`record::coalesce`] folds it
-//! into per-file byte ranges.
+//! chmod ([`record`]); [`RecordingMount::take`] makes the kernel write
+//! back the dirty pages of the files open for writing (so that stores
+//! through a shared mapping are recorded), then hands over what was
+//! recorded since the previous take; [`record::coalesce`] folds it into
+//! per-file byte ranges.
 //!
 //! What it does not do (yet): feed the delta engine's capture (the engine
 //! still compares the files inotify names), keep speculative writes in an
-//! overlay apart from the committed state, invalidate the kernel's caches
-//! when the backing directory changes behind the mount, or force the
-//! writeback of dirty mapped pages before a capture (a shared mapping's
-//! stores are recorded when the kernel writes the pages back: at msync,
-//! fsync, munmap or its own writeback).
+//! overlay apart from the committed state, or invalidate the kernel's caches
+//! when the backing directory changes behind the mount.
 //!
 //! Invariants: see [`fs`] and [`record`]; a mount is unmounted when its
 //! [`RecordingMount`] is dropped.
@@ -61,6 +60,7 @@ pub fn available() -> Result<(), FuseError> {
 /// A backing directory served at a mount point, recording changes.
 pub struct RecordingMount {
     recorder: Arc<Recorder>,
+    table: Arc<std::sync::Mutex<fs::Table>>,
     mountpoint: PathBuf,
     session: Option<fuser::BackgroundSession>,
 }
@@ -71,6 +71,7 @@ impl RecordingMount {
         available()?;
         let recorder = Arc::new(Recorder::new());
         let fs = fs::RecordingFs::new(backing.to_path_buf(), Arc::clone(&recorder));
+        let table = fs.table_handle();
         let mut config = fuser::Config::default();
         config.mount_options = vec![
             fuser::MountOption::FSName("bunker".into()),
@@ -86,6 +87,7 @@ impl RecordingMount {
             })?;
         Ok(RecordingMount {
             recorder,
+            table,
             mountpoint: mountpoint.to_path_buf(),
             session: Some(session),
         })
@@ -95,9 +97,28 @@ impl RecordingMount {
         &self.mountpoint
     }
 
-    /// What the application changed since the previous take.
-    pub fn take(&self) -> Taken {
-        self.recorder.take()
+    /// What the application changed since the previous take. First makes
+    /// the kernel write back every dirty page of the files open for
+    /// writing through the mount (stores through a shared mapping reach a
+    /// FUSE filesystem only then): an `fsync` through the mount returns
+    /// once the pages were written and this filesystem answered those
+    /// writes, so they are recorded. The application must be quiescent.
+    pub fn take(&self) -> std::io::Result<Taken> {
+        let paths = self
+            .table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .writable_paths();
+        for path in paths {
+            match std::fs::File::open(self.mountpoint.join(&path)) {
+                Ok(file) => file.sync_all()?,
+                // Removed or replaced since: nothing of it to write back
+                // under that name.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.recorder.take())
     }
 
     /// Unmounts and waits for the serving thread to end.
