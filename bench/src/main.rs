@@ -8,6 +8,7 @@ mod accounts;
 mod anchors;
 mod delta;
 mod e2e;
+mod fuse;
 mod log;
 mod net;
 mod recovery;
@@ -52,6 +53,10 @@ enum Command {
     Anchors(anchors::AnchorsArgs),
     /// Networking stacks: tokio (epoll) against tokio-uring, loopback.
     Net(net::NetArgs),
+    /// The FUSE-served working copy: 4 KiB writes and reads through the
+    /// mount against the plain directory, and what a capture pays to
+    /// learn what changed (root and /dev/fuse).
+    Fuse(fuse::FuseArgs),
     /// Restart after a crash with the longest log tail the checkpoint
     /// settings allow: time to the first answer.
     Recovery(recovery::RecoveryArgs),
@@ -76,6 +81,12 @@ fn main() {
         Command::Net(args) => {
             if let Err(e) = net::run(args) {
                 eprintln!("bunker-bench net: {e}");
+                std::process::exit(1);
+            }
+        }
+        Command::Fuse(args) => {
+            if let Err(e) = fuse::run(args) {
+                eprintln!("bunker-bench fuse: {e}");
                 std::process::exit(1);
             }
         }
