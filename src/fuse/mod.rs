@@ -1,7 +1,7 @@
 //! The working copy served through FUSE: the application runs in a
 //! directory that Bunker serves, and every change it makes is recorded
-//! with its exact byte ranges, so that a capture can cost the bytes
-//! changed instead of the size of the changed files.
+//! with its byte ranges, so that a capture can cost the bytes changed
+//! instead of the size of the changed files.
 //!
 //! What it does: [`RecordingMount::mount`] serves a backing directory at a
 //! mount point (the `fuser` crate, mounted directly as root; one thread

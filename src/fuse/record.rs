@@ -32,7 +32,8 @@ pub const RECORDS_MAX: usize = 1 << 20;
 /// mount's root, `/`-separated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
-    /// `len` bytes written at `offset` (also a dirty mapped page written back).
+    /// `len` bytes written at `offset`: pages written back by the kernel
+    /// (from `write(2)` or a shared mapping).
     Write {
         path: String,
         offset: u64,
