@@ -145,22 +145,27 @@ fn every_change_through_the_mount_is_recorded() {
     mount.unmount().expect("unmount");
 }
 
+/// A new file of `len` bytes through the mount, mapped shared and writable.
+fn mapped_new_file(mount: &RecordingMount, name: &str, len: u64) -> (fs::File, memmap2::MmapMut) {
+    let file = OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(mount.mountpoint().join(name))
+        .expect("create");
+    file.set_len(len).expect("size");
+    // SAFETY: the file is not changed by anyone else while mapped.
+    let map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("map shared");
+    (file, map)
+}
+
 #[test]
 fn stores_through_a_shared_mapping_are_recorded_when_written_back() {
     let Some((dir, mount)) = mounted() else {
         return;
     };
-    let path = mount.mountpoint().join("mapped");
-    let file = OpenOptions::new()
-        .create_new(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .expect("create");
-    file.set_len(64 << 10).expect("size");
+    let (file, mut map) = mapped_new_file(&mount, "mapped", 64 << 10);
     let _ = mount.take().expect("take");
-    // SAFETY: the file is not changed by anyone else while mapped.
-    let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("map shared");
     map[3 * 4096 + 10] = 7;
     map[9 * 4096] = 9;
     map.flush().expect("msync");
@@ -189,16 +194,7 @@ fn a_take_writes_back_the_pages_of_a_mapping_the_application_keeps() {
     let Some((dir, mount)) = mounted() else {
         return;
     };
-    let path = mount.mountpoint().join("kept");
-    let file = OpenOptions::new()
-        .create_new(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .expect("create");
-    file.set_len(32 << 10).expect("size");
-    // SAFETY: the file is not changed by anyone else while mapped.
-    let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("map shared");
+    let (file, mut map) = mapped_new_file(&mount, "kept", 32 << 10);
     drop(file);
     mount.take().expect("take");
     for round in 1..=3u8 {

@@ -40,6 +40,7 @@ use fuser::{
 };
 
 use super::record::{Record, Recorder};
+use crate::delta::tree::is_under;
 
 /// How long the kernel may trust an entry or attributes: only this mount
 /// changes the backing directory while it is mounted.
@@ -169,12 +170,6 @@ impl Table {
             self.by_path.insert(new, ino);
         }
     }
-}
-
-fn is_under(path: &str, dir: &str) -> bool {
-    dir.is_empty()
-        || path == dir
-        || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
 }
 
 /// The working copy served through FUSE, recording into `recorder`.

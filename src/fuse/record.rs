@@ -24,6 +24,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
+use crate::delta::tree::is_under;
+
 /// Records kept between two captures, at most (each is a few dozen bytes
 /// plus a path): past it, the capture compares the whole tree.
 pub const RECORDS_MAX: usize = 1 << 20;
@@ -202,11 +204,6 @@ fn clip(ranges: &mut Vec<(u64, u64)>, len: u64) {
     if let Some(last) = ranges.last_mut() {
         last.1 = last.1.min(len);
     }
-}
-
-fn is_under(path: &str, dir: &str) -> bool {
-    path == dir
-        || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
 }
 
 fn drop_under(written: &mut BTreeMap<String, Vec<(u64, u64)>>, dir: &str) {
